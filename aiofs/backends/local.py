@@ -1,0 +1,622 @@
+"""``LocalBackend``: a rooted directory on the local disk.
+
+Contract:
+
+* Paths are relative to ``root`` (``"a/b"``; a leading ``/`` means the same). They are
+  validated before any system call: NUL bytes, invalid UTF-8, components over 255 bytes and
+  ``..`` that would leave the root raise errors from :mod:`aiofs.errors` and touch nothing.
+  The guarantee is about path strings; symbolic links that somebody else places inside the
+  root are followed like any file (aiofs itself never creates one).
+* Writes are atomic: data goes to a temporary file in the destination directory
+  (``.aiofs-tmp-*``, never listed), is flushed and fsynced, then renamed over the real name
+  and the directory is fsynced. A crash leaves the old file or the new one, never half of
+  one. Bulk ``pipe`` group-commits: all temporary files, one ``syncfs``, then the renames.
+* Missing parent directories are created on write, like an object store (and fsspec's
+  memory filesystem); a file in the way of a parent gives ``NOT_A_DIRECTORY``.
+* ``.aiofs/`` holds layers' internal data: hidden and write-protected as in
+  :mod:`aiofs.layer`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import errno
+import io
+import os
+import posixpath
+import secrets
+import shutil
+import stat as stat_module
+
+import fsspec
+from fsspec.spec import AbstractFileSystem
+
+from aiofs.errors import (
+    AlreadyExists, DirectoryNotEmpty, InvalidPath, IsADirectory, NameTooLong, NotADirectory,
+    NotFound,
+)
+from aiofs.layer import (
+    ATOMIC_WRITES, EMPTY_DIRECTORIES, RANGE_READS, SERVER_SIDE_COPY, has_glob, hide_internal_path,
+    internals_visible, is_internal, refuse_internal_write,
+)
+
+TEMP_PREFIX = ".aiofs-tmp-"
+MAX_NAME_BYTES = 255
+_COPY_BLOCK = 1 << 20
+
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _syncfs = _libc.syncfs
+except (OSError, AttributeError):  # not Linux: fall back to fsync per file
+    _syncfs = None
+
+
+def validate_relative_path(path) -> str:
+    """Normalise a root-relative path (``"a/b"``, ``""`` for the root) or raise.
+
+    Raises ``INVALID_PATH`` for NUL bytes, invalid UTF-8 and paths that leave the root, and
+    ``NAME_TOO_LONG`` for a component over 255 bytes.
+    """
+    if isinstance(path, bytes):
+        try:
+            path = path.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidPath(f"path is not valid UTF-8: {path!r}") from exc
+    if "\x00" in path:
+        raise InvalidPath(f"path contains a NUL byte: {path!r}")
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidPath(f"path is not valid UTF-8: {path!r}") from exc
+    rel = path.strip("/")
+    if rel.startswith(("./", "../")) or "/." in rel or "//" in rel or rel in (".", ".."):
+        rel = posixpath.normpath(rel)
+        if rel == ".":
+            rel = ""
+        if rel == ".." or rel.startswith("../"):
+            raise InvalidPath(f"path leaves the root: {path!r}")
+    if len(encoded) > MAX_NAME_BYTES:
+        for part in rel.split("/"):
+            if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+                raise NameTooLong(f"path component over {MAX_NAME_BYTES} bytes: {part[:40]!r}...")
+    return rel
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AtomicWriteFile(io.BufferedIOBase):
+    """A file being written: a temporary file renamed over the real name on ``close``.
+
+    Leaving a ``with`` block through an exception, or calling :meth:`discard`, drops the
+    temporary file and leaves the real name untouched.
+    """
+
+    def __init__(self, final_path: str, mode: str, durable: bool, initial: str | None = None):
+        super().__init__()
+        self.final_path = final_path
+        self.mode = mode
+        self._durable = durable
+        directory, name = os.path.split(final_path)
+        self._temp_path = os.path.join(directory, f"{TEMP_PREFIX}{secrets.token_hex(8)}-{name[:64]}")
+        if initial is not None:  # append: start from a copy of the existing content
+            shutil.copyfile(initial, self._temp_path)
+            self._file = open(self._temp_path, "ab")
+        else:
+            self._file = open(self._temp_path, "xb")
+        self._done = False
+
+    def write(self, data) -> int:
+        return self._file.write(data)
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def flush(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+
+    def close(self) -> None:
+        """Make the new content durable and put it under the real name."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._file.flush()
+            if self._durable:
+                os.fsync(self._file.fileno())
+            self._file.close()
+            if "x" in self.mode:
+                os.link(self._temp_path, self.final_path)  # fails if the name appeared
+                os.unlink(self._temp_path)
+            else:
+                os.rename(self._temp_path, self.final_path)
+            if self._durable:
+                _fsync_dir(os.path.dirname(self.final_path))
+        except BaseException:
+            self._drop_temp()
+            raise
+        finally:
+            super().close()
+
+    def discard(self) -> None:
+        """Abandon the write: the real name keeps its old content (or stays absent)."""
+        if self._done:
+            return
+        self._done = True
+        self._drop_temp()
+        super().close()
+
+    def _drop_temp(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        try:
+            os.unlink(self._temp_path)
+        except FileNotFoundError:
+            pass
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.discard()
+        else:
+            self.close()
+
+
+class LocalBackend(AbstractFileSystem):
+    """A rooted directory on the local disk with atomic, durable writes.
+
+    ``LocalBackend(root, fsync=True)``. ``fsync=False`` keeps writes atomic (temp file and
+    rename) but lets the OS decide when they reach the disk.
+    """
+
+    protocol = "aiofs-local"
+    root_marker = ""
+    capabilities = frozenset({EMPTY_DIRECTORIES, SERVER_SIDE_COPY, ATOMIC_WRITES, RANGE_READS})
+
+    def __init__(self, root: str, fsync: bool = True, create: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+        if create:
+            os.makedirs(root, exist_ok=True)
+        elif not os.path.isdir(root):
+            raise NotFound(f"storage root does not exist: {root}", root)
+        self.root = root
+        self.durable = fsync
+
+    def __repr__(self) -> str:
+        return f"Local({self.root!r})"
+
+    _aiofs_describe = True
+
+    @property
+    def fsid(self) -> str:
+        return f"local:{self.root}"
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        path = fsspec.utils.stringify_path(path)
+        if path.startswith("aiofs-local://"):
+            path = path[len("aiofs-local://"):]
+        return validate_relative_path(path)
+
+    @staticmethod
+    def _get_kwargs_from_urls(path):
+        return {}
+
+    def unstrip_protocol(self, name: str) -> str:
+        return f"aiofs-local://{name}"
+
+    def _full(self, path) -> str:
+        rel = self._strip_protocol(path)
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def _rel(self, full: str) -> str:
+        return full[len(self.root) + 1 :] if full != self.root else ""
+
+    # -- metadata ------------------------------------------------------------------------
+
+    def _entry(self, rel: str, st: os.stat_result) -> dict:
+        if stat_module.S_ISDIR(st.st_mode):
+            kind = "directory"
+        elif stat_module.S_ISREG(st.st_mode):
+            kind = "file"
+        else:
+            kind = "other"
+        return {
+            "name": rel,
+            "size": st.st_size if kind == "file" else 0,
+            "type": kind,
+            "created": st.st_ctime,
+            "mtime": st.st_mtime,
+            "mode": st.st_mode,
+            "uid": st.st_uid,
+            "gid": st.st_gid,
+            "ino": st.st_ino,
+            "nlink": st.st_nlink,
+        }
+
+    def info(self, path, **kwargs):
+        rel = self._strip_protocol(path)
+        hide_internal_path(rel)
+        full = f"{self.root}/{rel}" if rel else self.root
+        try:
+            st = os.stat(full)
+        except FileNotFoundError:
+            raise NotFound(f"no such file or directory: {rel!r}", rel) from None
+        except NotADirectoryError:
+            raise NotFound(f"no such file or directory: {rel!r}", rel) from None
+        return self._entry(rel, st)
+
+    def ls(self, path, detail=True, **kwargs):
+        rel = self._strip_protocol(path)
+        hide_internal_path(rel)
+        full = f"{self.root}/{rel}" if rel else self.root
+        prefix = f"{rel}/" if rel else ""
+        show_internal = internals_visible()
+        try:
+            scanner = os.scandir(full)
+        except FileNotFoundError:
+            raise NotFound(f"no such file or directory: {rel!r}", rel) from None
+        except NotADirectoryError:
+            return [self.info(rel)] if detail else [rel]
+        entries = []
+        with scanner:
+            for item in scanner:
+                name = item.name
+                if name.startswith(TEMP_PREFIX) or (name == ".aiofs" and not show_internal):
+                    continue
+                if not detail:
+                    entries.append(prefix + name)
+                    continue
+                try:
+                    st = item.stat()
+                except FileNotFoundError:  # removed while we listed, or a dangling link
+                    continue
+                entries.append(self._entry(prefix + name, st))
+        return entries
+
+    def created(self, path):
+        return datetime.datetime.fromtimestamp(self.info(path)["created"], tz=datetime.timezone.utc)
+
+    def modified(self, path):
+        return datetime.datetime.fromtimestamp(self.info(path)["mtime"], tz=datetime.timezone.utc)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _open_for_reading(self, rel: str, full: str):
+        try:
+            return open(full, "rb")
+        except FileNotFoundError:
+            raise NotFound(f"no such file: {rel!r}", rel) from None
+        except IsADirectoryError:
+            raise IsADirectory(f"is a directory: {rel!r}", rel) from None
+        except NotADirectoryError:
+            raise NotFound(f"no such file: {rel!r}", rel) from None
+
+    def cat_file(self, path, start=None, end=None, **kwargs):
+        rel = self._strip_protocol(path)
+        hide_internal_path(rel)
+        full = f"{self.root}/{rel}" if rel else self.root
+        with self._open_for_reading(rel, full) as f:
+            if start is None and end is None:
+                return f.read()
+            size = os.fstat(f.fileno()).st_size
+            start = 0 if start is None else (max(size + start, 0) if start < 0 else start)
+            end = size if end is None else (max(size + end, 0) if end < 0 else min(end, size))
+            if end <= start:
+                return b""
+            f.seek(start)
+            return f.read(end - start)
+
+    def get_file(self, rpath, lpath, callback=fsspec.callbacks.DEFAULT_CALLBACK, outfile=None, **kwargs):
+        rel = self._strip_protocol(rpath)
+        hide_internal_path(rel)
+        full = self._full(rel)
+        if os.path.isdir(full):
+            os.makedirs(lpath, exist_ok=True)
+            return
+        with self._open_for_reading(rel, full) as src:
+            size = os.fstat(src.fileno()).st_size
+            callback.set_size(size)
+            if outfile is not None:
+                self._copy_stream(src, outfile, callback)
+                return
+            with open(lpath, "wb") as dst:
+                self._copy_stream(src, dst, callback)
+
+    @staticmethod
+    def _copy_stream(src, dst, callback) -> None:
+        while block := src.read(_COPY_BLOCK):
+            dst.write(block)
+            callback.relative_update(len(block))
+
+    def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
+        rel = self._strip_protocol(path)
+        full = f"{self.root}/{rel}" if rel else self.root
+        if "r" in mode:
+            hide_internal_path(rel)
+            return self._open_for_reading(rel, full)
+        refuse_internal_write(rel)
+        self._prepare_write(rel, full, exclusive="x" in mode)
+        initial = full if "a" in mode and os.path.isfile(full) else None
+        return AtomicWriteFile(full, mode, self.durable, initial=initial)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _prepare_write(self, rel: str, full: str, exclusive: bool = False) -> None:
+        """Check the destination can take a file and create missing parents."""
+        if not rel:
+            raise IsADirectory("cannot write over the storage root", rel)
+        try:
+            st = os.stat(full)
+        except FileNotFoundError:
+            self._make_parents(rel)
+            return
+        except NotADirectoryError:
+            raise NotADirectory(f"a parent of {rel!r} is a file", rel) from None
+        if stat_module.S_ISDIR(st.st_mode):
+            raise IsADirectory(f"cannot write over a directory: {rel!r}", rel)
+        if exclusive:
+            raise AlreadyExists(f"file exists: {rel!r}", rel)
+
+    def _make_parents(self, rel: str) -> None:
+        parent = posixpath.dirname(rel)
+        if not parent:
+            return
+        try:
+            os.makedirs(f"{self.root}/{parent}", exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise NotADirectory(f"a parent of {rel!r} is a file", rel) from None
+
+    def pipe_file(self, path, value, mode="overwrite", **kwargs):
+        rel = self._strip_protocol(path)
+        refuse_internal_write(rel)
+        full = f"{self.root}/{rel}" if rel else self.root
+        exclusive = mode == "create"
+        self._prepare_write(rel, full, exclusive=exclusive)
+        with AtomicWriteFile(full, "xb" if exclusive else "wb", self.durable) as f:
+            f.write(value)
+
+    def pipe(self, path, value=None, **kwargs):
+        """Write many files with one group commit: temp files, one syncfs, then renames."""
+        if isinstance(path, str):
+            path = {path: value}
+        if len(path) < 2 or not self.durable or _syncfs is None:
+            for p, v in path.items():
+                self.pipe_file(p, v, **kwargs)
+            return
+        staged: list[AtomicWriteFile] = []
+        try:
+            for p, v in path.items():
+                rel = self._strip_protocol(p)
+                refuse_internal_write(rel)
+                full = f"{self.root}/{rel}" if rel else self.root
+                self._prepare_write(rel, full)
+                staged_file = AtomicWriteFile(full, "wb", durable=False)
+                staged.append(staged_file)
+                staged_file.write(v)
+                staged_file.flush()
+            self._syncfs()
+            directories = set()
+            for staged_file in staged:
+                staged_file.close()
+                directories.add(os.path.dirname(staged_file.final_path))
+            for directory in directories:
+                _fsync_dir(directory)
+        except BaseException:
+            for staged_file in staged:
+                staged_file.discard()
+            raise
+
+    def _syncfs(self) -> None:
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        finally:
+            os.close(fd)
+
+    def put_file(self, lpath, rpath, callback=fsspec.callbacks.DEFAULT_CALLBACK, mode="overwrite", **kwargs):
+        rel = self._strip_protocol(rpath)
+        refuse_internal_write(rel)
+        full = self._full(rel)
+        if os.path.isdir(lpath):
+            self.makedirs(rel, exist_ok=True)
+            return
+        self._prepare_write(rel, full, exclusive=mode == "create")
+        with open(lpath, "rb") as src:
+            callback.set_size(os.fstat(src.fileno()).st_size)
+            with AtomicWriteFile(full, "xb" if mode == "create" else "wb", self.durable) as dst:
+                self._copy_stream(src, dst, callback)
+
+    def cp_file(self, path1, path2, **kwargs):
+        rel1, rel2 = self._strip_protocol(path1), self._strip_protocol(path2)
+        hide_internal_path(rel1)
+        refuse_internal_write(rel2)
+        full1, full2 = self._full(rel1), self._full(rel2)
+        if os.path.isdir(full1):
+            self.makedirs(rel2, exist_ok=True)
+            return
+        self._prepare_write(rel2, full2)
+        with self._open_for_reading(rel1, full1) as src:
+            with AtomicWriteFile(full2, "wb", self.durable) as dst:
+                shutil.copyfileobj(src, dst._file, _COPY_BLOCK)
+
+    def mv(self, path1, path2, recursive=False, maxdepth=None, **kwargs):
+        if isinstance(path1, list) or has_glob(path1):
+            return super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
+        rel1, rel2 = self._strip_protocol(path1), self._strip_protocol(path2)
+        refuse_internal_write(rel1)
+        refuse_internal_write(rel2)
+        if not rel1 or not rel2:
+            raise InvalidPath("cannot move the storage root")
+        if rel2 == rel1 or rel2.startswith(rel1 + "/"):
+            raise InvalidPath(f"cannot move {rel1!r} into itself")
+        full1, full2 = self._full(rel1), self._full(rel2)
+        if not os.path.lexists(full1):
+            raise NotFound(f"no such file or directory: {rel1!r}", rel1)
+        if os.path.isdir(full2):  # like shutil.move and fsspec's local mv: move into it
+            rel2 = f"{rel2}/{posixpath.basename(rel1)}"
+            full2 = self._full(rel2)
+        else:
+            self._make_parents(rel2)
+        try:
+            os.rename(full1, full2)
+        except IsADirectoryError:
+            raise IsADirectory(f"cannot move a file over a directory: {rel2!r}", rel2) from None
+        except NotADirectoryError:
+            raise NotADirectory(f"cannot move a directory over a file: {rel2!r}", rel2) from None
+        except OSError as exc:
+            if exc.errno == errno.ENOTEMPTY:
+                raise DirectoryNotEmpty(f"destination directory not empty: {rel2!r}", rel2) from None
+            raise
+        if self.durable:
+            _fsync_dir(os.path.dirname(full2))
+            if os.path.dirname(full1) != os.path.dirname(full2):
+                _fsync_dir(os.path.dirname(full1))
+
+    # -- directories and deletion ------------------------------------------------------------
+
+    def mkdir(self, path, create_parents=True, **kwargs):
+        rel = self._strip_protocol(path)
+        refuse_internal_write(rel)
+        full = self._full(rel)
+        if os.path.exists(full):
+            kind = "directory" if os.path.isdir(full) else "file"
+            raise AlreadyExists(f"a {kind} exists at {rel!r}", rel)
+        try:
+            if create_parents:
+                os.makedirs(full)
+            else:
+                os.mkdir(full)
+        except FileNotFoundError:
+            raise NotFound(f"parent directory missing for {rel!r}", rel) from None
+        except (NotADirectoryError, FileExistsError):
+            raise NotADirectory(f"a parent of {rel!r} is a file", rel) from None
+
+    def makedirs(self, path, exist_ok=False):
+        rel = self._strip_protocol(path)
+        refuse_internal_write(rel)
+        full = self._full(rel)
+        if os.path.isdir(full):
+            if not exist_ok:
+                raise AlreadyExists(f"directory exists: {rel!r}", rel)
+            return
+        if os.path.exists(full):
+            raise AlreadyExists(f"a file exists at {rel!r}", rel)
+        try:
+            os.makedirs(full, exist_ok=exist_ok)
+        except (NotADirectoryError, FileExistsError):
+            raise NotADirectory(f"a parent of {rel!r} is a file", rel) from None
+
+    def rmdir(self, path):
+        rel = self._strip_protocol(path)
+        refuse_internal_write(rel)
+        if not rel:
+            raise InvalidPath("cannot remove the storage root")
+        try:
+            os.rmdir(self._full(rel))
+        except FileNotFoundError:
+            raise NotFound(f"no such directory: {rel!r}", rel) from None
+        except NotADirectoryError:
+            raise NotADirectory(f"not a directory: {rel!r}", rel) from None
+        except OSError as exc:
+            if exc.errno == errno.ENOTEMPTY:
+                raise DirectoryNotEmpty(f"directory not empty: {rel!r}", rel) from None
+            raise
+
+    def rm_file(self, path):
+        rel = self._strip_protocol(path)
+        refuse_internal_write(rel)
+        full = self._full(rel)
+        try:
+            os.unlink(full)
+        except FileNotFoundError:
+            raise NotFound(f"no such file: {rel!r}", rel) from None
+        except IsADirectoryError:
+            raise IsADirectory(f"is a directory: {rel!r}", rel) from None
+        except PermissionError:
+            if os.path.isdir(full):  # unlink of a directory gives EPERM on some systems
+                raise IsADirectory(f"is a directory: {rel!r}", rel) from None
+            raise
+
+    def _rm(self, path):
+        full = self._full(path)
+        if os.path.isdir(full) and not os.path.islink(full):
+            self.rmdir(path)
+        else:
+            self.rm_file(path)
+
+    def rm(self, path, recursive=False, maxdepth=None):
+        paths = path if isinstance(path, list) else [path]
+        targets = []
+        for p in paths:
+            if has_glob(p):
+                targets.extend(self.expand_path(p, recursive=recursive, maxdepth=maxdepth))
+                continue
+            rel = self._strip_protocol(p)
+            refuse_internal_write(rel)
+            full = self._full(rel)
+            if not os.path.lexists(full):
+                raise NotFound(f"no such file or directory: {rel!r}", rel)
+            targets.append(rel)
+        for rel in sorted(set(targets), key=len, reverse=True):
+            full = self._full(rel)
+            if not os.path.lexists(full):
+                continue  # already removed with a parent
+            if os.path.isdir(full) and not os.path.islink(full):
+                if recursive and maxdepth is None:
+                    self._remove_tree(rel)
+                elif recursive:
+                    for child in self.expand_path(rel, recursive=True, maxdepth=maxdepth)[::-1]:
+                        self._rm(child)
+                else:
+                    self.rmdir(rel)
+            else:
+                self.rm_file(rel)
+
+    def _remove_tree(self, rel: str) -> None:
+        """Remove a directory tree, but never the store root nor internal data in it."""
+        full = self._full(rel)
+        if rel and not is_internal(rel) and not os.path.isdir(os.path.join(full, ".aiofs")):
+            shutil.rmtree(full)
+            return
+        for child in self.ls(rel, detail=False):
+            child_full = self._full(child)
+            if os.path.isdir(child_full) and not os.path.islink(child_full):
+                self._remove_tree(child)
+            else:
+                os.unlink(child_full)
+        if rel:
+            if internals_visible() or not os.path.isdir(os.path.join(full, ".aiofs")):
+                os.rmdir(full)
+
+    def touch(self, path, truncate=True, **kwargs):
+        rel = self._strip_protocol(path)
+        refuse_internal_write(rel)
+        full = self._full(rel)
+        if truncate or not os.path.exists(full):
+            self.pipe_file(rel, b"")
+        else:
+            os.utime(full, None)

@@ -1,0 +1,357 @@
+"""``Layer``: the delegating base class every aiofs layer subclasses.
+
+Contract (DESIGN.md "The layer contract"), written next to the code:
+
+* A layer wraps one **target** fsspec filesystem, given as ``fs=`` or built from
+  ``target_protocol=`` / ``target_options=``; exactly one of the two.
+* Same path namespace as the target: a path means the same file above and below.
+* Delegation is explicit (no ``__getattr__``): every primitive below is written out. A layer
+  that changes bytes or meaning overrides the primitives it changes and nothing else.
+* Internal data lives under the reserved ``.aiofs/`` directory. :func:`is_internal` is the
+  one place that decides what is internal. Listings never show it, ``info`` raises
+  ``FileNotFoundError`` for it and writes to it are refused, except inside
+  :func:`internal_access`, which layers use to reach their own (or a lower layer's) data.
+* ``ls``/``info``/``find`` report **logical** sizes: a layer that stores a different number
+  of bytes than a reader gets overrides :meth:`Layer._logical_entry`.
+* Options are plain data, so a layer pickles and rebuilds from its arguments.
+* ``capabilities`` are the target's, minus what this layer cannot keep, plus what it adds.
+* ``repr()`` shows the whole stack: ``Versioning(Dedup(Local('/data')))``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import posixpath
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+import fsspec
+from fsspec.spec import AbstractFileSystem
+
+from aiofs.errors import InvalidArgument, ReservedPath
+
+INTERNAL_DIR = ".aiofs"
+
+_internal_access: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "aiofs_internal_access", default=False
+)
+
+L = TypeVar("L")
+
+
+def is_internal(path: str) -> bool:
+    """True when ``path`` lies under a reserved ``.aiofs`` directory (any component)."""
+    if INTERNAL_DIR not in path:  # fast path: almost every path
+        return False
+    return INTERNAL_DIR in path.replace("\\", "/").split("/")
+
+
+def has_glob(path: str) -> bool:
+    """True when ``path`` is a glob pattern (fsspec's magic characters)."""
+    return any(char in path for char in "*?[")
+
+
+def internals_visible() -> bool:
+    """True inside :func:`internal_access`: internal paths are reachable and listed."""
+    return _internal_access.get()
+
+
+@contextlib.contextmanager
+def internal_access() -> Iterator[None]:
+    """Let the calls made inside reach ``.aiofs/`` paths (for layers, ``check``, ``gc``)."""
+    token = _internal_access.set(True)
+    try:
+        yield
+    finally:
+        _internal_access.reset(token)
+
+
+def visible_entries(entries: list, detail: bool) -> list:
+    """Drop internal entries from an ``ls`` result, unless internals are visible."""
+    if internals_visible():
+        return entries
+    if detail:
+        return [e for e in entries if not is_internal(e["name"])]
+    return [e for e in entries if not is_internal(e)]
+
+
+def hide_internal_path(path: str) -> None:
+    """Raise ``FileNotFoundError`` for an internal path, unless internals are visible."""
+    if is_internal(path) and not internals_visible():
+        raise FileNotFoundError(path)
+
+
+def refuse_internal_write(path: str) -> None:
+    """Raise ``RESERVED_PATH`` for a write to an internal path from outside the stack."""
+    if is_internal(path) and not internals_visible():
+        raise ReservedPath(f"'{INTERNAL_DIR}' is reserved for aiofs internal data", path)
+
+
+# Capability flags. A stack claims a capability only if its bottom has it and no layer
+# in between removes it.
+EMPTY_DIRECTORIES = "empty_directories"
+SERVER_SIDE_COPY = "server_side_copy"
+NATIVE_VERSIONS = "native_versions"
+DUPLICATE_NAMES = "duplicate_names"
+ATOMIC_WRITES = "atomic_writes"
+RANGE_READS = "range_reads"
+
+# What well-known fsspec filesystems support, by protocol (anything else: range reads only).
+_KNOWN_CAPABILITIES: dict[str, frozenset[str]] = {
+    "file": frozenset({EMPTY_DIRECTORIES, SERVER_SIDE_COPY, RANGE_READS}),
+    "local": frozenset({EMPTY_DIRECTORIES, SERVER_SIDE_COPY, RANGE_READS}),
+    "memory": frozenset({EMPTY_DIRECTORIES, SERVER_SIDE_COPY, ATOMIC_WRITES, RANGE_READS}),
+    "s3": frozenset({SERVER_SIDE_COPY, ATOMIC_WRITES, RANGE_READS}),
+    "gcs": frozenset({SERVER_SIDE_COPY, ATOMIC_WRITES, RANGE_READS}),
+}
+
+
+def capabilities_of(fs: AbstractFileSystem) -> frozenset[str]:
+    """The capability flags of any fsspec filesystem (aiofs ones declare their own)."""
+    declared = getattr(fs, "capabilities", None)
+    if isinstance(declared, frozenset):
+        return declared
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    for protocol in protocols:
+        if protocol in _KNOWN_CAPABILITIES:
+            return _KNOWN_CAPABILITIES[protocol]
+    return frozenset({RANGE_READS})
+
+
+def describe(fs: AbstractFileSystem) -> str:
+    """A short description of a filesystem for stack reprs: ``Local('/data')``, ``Memory()``."""
+    if isinstance(fs, Layer) or hasattr(fs, "_aiofs_describe"):
+        return repr(fs)
+    name = type(fs).__name__
+    if name.endswith("FileSystem"):
+        name = name[: -len("FileSystem")]
+    return f"{name}()"
+
+
+def find_layer(fs: AbstractFileSystem, cls: type[L]) -> L | None:
+    """The first filesystem of class ``cls`` in the stack, top down; ``None`` if absent."""
+    current: Any = fs
+    while current is not None:
+        if isinstance(current, cls):
+            return current
+        current = getattr(current, "fs", None) if isinstance(current, Layer) else None
+    return None
+
+
+class Layer(AbstractFileSystem):
+    """A filesystem layer over a target filesystem; used directly, a pass-through layer.
+
+    ``Layer(fs=target)`` or ``Layer(target_protocol="memory", target_options={...})``.
+    Subclasses add their options as keyword arguments of plain data and call
+    ``super().__init__(fs=fs, target_protocol=..., target_options=..., **options)``.
+    """
+
+    protocol = "aiofs-layer"
+    root_marker = ""
+    # Layers keep state (indexes, journals): never hand out a cached instance whose token
+    # happens to print the same. Subclasses that are stateless may turn this back on.
+    cachable = False
+    # Capabilities this layer cannot preserve, and those it adds on its own.
+    removes_capabilities: frozenset[str] = frozenset()
+    adds_capabilities: frozenset[str] = frozenset()
+
+    def __init__(
+        self,
+        fs: AbstractFileSystem | None = None,
+        target_protocol: str | None = None,
+        target_options: dict | None = None,
+        **options: Any,
+    ):
+        if (fs is None) == (target_protocol is None):
+            raise InvalidArgument("give exactly one of fs= or target_protocol=")
+        if fs is None:
+            fs = fsspec.filesystem(target_protocol, **(target_options or {}))
+        super().__init__(**options)
+        self.fs = fs
+        self.options = options
+
+    # -- stack introspection -------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({describe(self.fs)})"
+
+    def find_layer(self, cls: type[L]) -> L | None:
+        """The first layer (or backend) of class ``cls`` in this stack, top down."""
+        return find_layer(self, cls)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """Capability flags of the stack from this layer down."""
+        below = capabilities_of(self.fs)
+        return (below - self.removes_capabilities) | self.adds_capabilities
+
+    @property
+    def fsid(self) -> str:
+        return f"{type(self).__name__}:{getattr(self.fs, 'fsid', describe(self.fs))}"
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        path = fsspec.utils.stringify_path(path)
+        for protocol in (cls.protocol,) if isinstance(cls.protocol, str) else cls.protocol:
+            prefix = f"{protocol}://"
+            if path.startswith(prefix):
+                path = path[len(prefix) :]
+                break
+        return path.rstrip("/") or cls.root_marker
+
+    def _logical_entry(self, entry: dict) -> dict:
+        """Turn a target ``ls``/``info`` entry into what readers of this layer see.
+
+        Identity here. Layers whose stored size differs from the logical size return a
+        *copy* with the logical ``size`` (never mutate: the dict may live in the target's
+        dircache).
+        """
+        return entry
+
+    # -- listing and metadata ------------------------------------------------------------
+
+    def ls(self, path, detail=True, **kwargs):
+        hide_internal_path(path)
+        entries = self.fs.ls(path, detail=detail, **kwargs)
+        entries = visible_entries(entries, detail)
+        if detail:
+            return [self._logical_entry(e) for e in entries]
+        return entries
+
+    def info(self, path, **kwargs):
+        hide_internal_path(path)
+        return self._logical_entry(self.fs.info(path, **kwargs))
+
+    def find(self, path, maxdepth=None, withdirs=False, detail=False, **kwargs):
+        hide_internal_path(path)
+        found = self.fs.find(path, maxdepth=maxdepth, withdirs=withdirs, detail=True, **kwargs)
+        show_internal = internals_visible()
+        result = {
+            name: self._logical_entry(entry)
+            for name, entry in found.items()
+            if show_internal or not is_internal(name)
+        }
+        return result if detail else sorted(result)
+
+    def created(self, path):
+        hide_internal_path(path)
+        return self.fs.created(path)
+
+    def modified(self, path):
+        hide_internal_path(path)
+        return self.fs.modified(path)
+
+    def invalidate_cache(self, path=None):
+        self.fs.invalidate_cache(path)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
+        if "r" in mode:
+            hide_internal_path(path)
+        else:
+            refuse_internal_write(path)
+        return self.fs._open(
+            path, mode=mode, block_size=block_size, autocommit=autocommit,
+            cache_options=cache_options, **kwargs,
+        )
+
+    def cat_file(self, path, start=None, end=None, **kwargs):
+        hide_internal_path(path)
+        return self.fs.cat_file(path, start=start, end=end, **kwargs)
+
+    def cat(self, path, recursive=False, on_error="raise", **kwargs):
+        # Bulk reads go down as one bulk call, so an async target reads concurrently.
+        paths = self.expand_path(path, recursive=recursive)
+        for p in paths:
+            hide_internal_path(p)
+        if len(paths) == 1 and paths[0] == self._strip_protocol(path) and not recursive \
+                and not isinstance(path, list) and not has_glob(path):
+            return self.fs.cat_file(paths[0], **kwargs)
+        return self.fs.cat(paths, on_error=on_error, **kwargs)
+
+    def get_file(self, rpath, lpath, callback=fsspec.callbacks.DEFAULT_CALLBACK, outfile=None, **kwargs):
+        hide_internal_path(rpath)
+        return self.fs.get_file(rpath, lpath, callback=callback, outfile=outfile, **kwargs)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def pipe_file(self, path, value, mode="overwrite", **kwargs):
+        refuse_internal_write(path)
+        return self.fs.pipe_file(path, value, mode=mode, **kwargs)
+
+    def pipe(self, path, value=None, **kwargs):
+        # Bulk writes go down as one bulk call (concurrent on async targets).
+        if isinstance(path, str):
+            path = {path: value}
+        path = {self._strip_protocol(k): v for k, v in path.items()}
+        for p in path:
+            refuse_internal_write(p)
+        return self.fs.pipe(path, **kwargs)
+
+    def put_file(self, lpath, rpath, callback=fsspec.callbacks.DEFAULT_CALLBACK, mode="overwrite", **kwargs):
+        refuse_internal_write(rpath)
+        return self.fs.put_file(lpath, rpath, callback=callback, mode=mode, **kwargs)
+
+    def cp_file(self, path1, path2, **kwargs):
+        hide_internal_path(path1)
+        refuse_internal_write(path2)
+        return self.fs.cp_file(path1, path2, **kwargs)
+
+    def mv(self, path1, path2, recursive=False, maxdepth=None, **kwargs):
+        for p in (path1 if isinstance(path1, list) else [path1]):
+            refuse_internal_write(p)
+        refuse_internal_write(path2)
+        return self.fs.mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
+
+    def rm_file(self, path):
+        refuse_internal_write(path)
+        return self.fs.rm_file(path)
+
+    def rm(self, path, recursive=False, maxdepth=None):
+        paths = [self._strip_protocol(p) for p in (path if isinstance(path, list) else [path])]
+        for p in paths:
+            refuse_internal_write(p)
+        if not recursive or internals_visible():
+            return self.fs.rm(paths, recursive=recursive, maxdepth=maxdepth)
+        # A recursive delete must never take internal data with it: a directory that holds
+        # a '.aiofs' directory (the store root) is emptied of its visible entries instead.
+        plain = []
+        for p in self.expand_path(paths, recursive=False):
+            if self._holds_internal_dir(p):
+                children = self.ls(p, detail=False)
+                if children:
+                    self.rm(children, recursive=True, maxdepth=maxdepth)
+            else:
+                plain.append(p)
+        if plain:
+            self.fs.rm(plain, recursive=True, maxdepth=maxdepth)
+
+    def _holds_internal_dir(self, path: str) -> bool:
+        with internal_access():
+            return self.fs.isdir(posixpath.join(path, INTERNAL_DIR))
+
+    def mkdir(self, path, create_parents=True, **kwargs):
+        refuse_internal_write(path)
+        return self.fs.mkdir(path, create_parents=create_parents, **kwargs)
+
+    def makedirs(self, path, exist_ok=False):
+        refuse_internal_write(path)
+        return self.fs.makedirs(path, exist_ok=exist_ok)
+
+    def rmdir(self, path):
+        refuse_internal_write(path)
+        return self.fs.rmdir(path)
+
+    def touch(self, path, truncate=True, **kwargs):
+        refuse_internal_write(path)
+        return self.fs.touch(path, truncate=truncate, **kwargs)
+
+    # -- checksums -------------------------------------------------------------------------
+
+    def ukey(self, path):
+        hide_internal_path(path)
+        return self.fs.ukey(path)

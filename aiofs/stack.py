@@ -1,0 +1,1 @@
+def open_stack(*a, **k): raise NotImplementedError
