@@ -1,0 +1,458 @@
+"""The ``aiofs`` command: file operations on ``STACK:/path`` arguments.
+
+Any argument of the form ``STACK:/path`` (or ``aiofs://STACK/path``) names a path in a
+configured stack; anything else is a local path. Listing commands take ``--json``. Failures
+exit non-zero with ``aiofs: error [CODE]: message`` on stderr, CODE from
+:mod:`aiofs.errors`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import os
+import posixpath
+import sys
+import time
+
+import click
+import fsspec
+from fsspec.callbacks import Callback
+
+from aiofs.config import load_config
+from aiofs.errors import AiofsError, InvalidArgument, code_for
+from aiofs.stack import open_stack, split_target
+
+# A transfer shows a progress bar once it has run this long (seconds) on a terminal.
+PROGRESS_AFTER = 0.5
+
+
+class Target:
+    """A resolved command-line argument: a path in a stack, or a local path."""
+
+    def __init__(self, argument: str, config_path: str | None, local_only: bool = False):
+        self.argument = argument
+        split = None if local_only else split_target(argument, config_path)
+        if split is None:
+            self.stack = None
+            self.fs = fsspec.filesystem("file")
+            self.path = os.path.abspath(argument)
+        else:
+            self.stack, inner = split
+            self.fs = open_stack(self.stack, config_path)
+            self.path = inner.strip("/") or self.fs.root_marker
+
+    @property
+    def names_directory(self) -> bool:
+        """A trailing slash (``default:/up/``) means "into this directory"."""
+        return self.argument.endswith("/")
+
+    @property
+    def is_local(self) -> bool:
+        return self.stack is None
+
+    def child(self, name: str) -> str:
+        return posixpath.join(self.path, name) if self.path else name
+
+    def display(self, path: str) -> str:
+        """How a path of this target is shown: ``/a/b`` inside a stack."""
+        if self.is_local:
+            return path
+        return "/" + path.lstrip("/")
+
+
+class ProgressBar(Callback):
+    """An fsspec callback that shows a rich progress bar once a transfer takes a moment."""
+
+    def __init__(self, description: str, enabled: bool):
+        super().__init__()
+        self.description = description
+        self.enabled = enabled
+        self.started = time.monotonic()
+        self._progress = None
+        self._task = None
+
+    def call(self, *args, **kwargs):
+        if not self.enabled:
+            return
+        if self._progress is None:
+            if time.monotonic() - self.started < PROGRESS_AFTER:
+                return
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
+                                       TransferSpeedColumn)
+
+            self._progress = Progress(
+                "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                TransferSpeedColumn(), TimeRemainingColumn(),
+                console=_stderr_console(), transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.description, total=self.size)
+        self._progress.update(self._task, completed=self.value, total=self.size)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+@functools.cache
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _progress_enabled() -> bool:
+    return sys.stderr.isatty()
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"
+
+
+def _mtime(entry: dict) -> str | None:
+    value = entry.get("mtime", entry.get("LastModified", entry.get("created")))
+    if isinstance(value, (int, float)):
+        return datetime.datetime.fromtimestamp(value, tz=datetime.timezone.utc).isoformat()
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    return None
+
+
+def _entry_json(target: Target, entry: dict) -> dict:
+    return {
+        "name": target.display(entry["name"]),
+        "type": entry.get("type", "file"),
+        "size": entry.get("size", 0),
+        "mtime": _mtime(entry),
+    }
+
+
+def _echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _error_message(exc: BaseException) -> str:
+    """A one-line message without Python's ``[Errno N]`` noise."""
+    if isinstance(exc, AiofsError):
+        return exc.detail
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+class AiofsGroup(click.Group):
+    """Turns any exception into ``aiofs: error [CODE]: message`` and a non-zero exit."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except BrokenPipeError:  # `aiofs cat ... | head`
+            sys.stderr.close()
+            raise SystemExit(0)
+        except Exception as exc:
+            code = code_for(exc)
+            click.echo(f"aiofs: error [{code}]: {_error_message(exc)}", err=True)
+            raise SystemExit(1)
+
+
+@click.group(cls=AiofsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Config file (default: $AIOFS_CONFIG or the user config dir).")
+@click.version_option(package_name="aiofs")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """aiofs: a pluggable virtual filesystem. Paths: STACK:/path (e.g. default:/notes/a.txt)."""
+    ctx.obj = config_path
+
+
+def _target(ctx: click.Context, argument: str, must_be_stack: bool = True) -> Target:
+    target = Target(argument, ctx.obj)
+    if must_be_stack and target.is_local:
+        raise InvalidArgument(
+            f"{argument!r} is not STACK:/path (known stacks: {', '.join(sorted(load_config(ctx.obj).stacks))})"
+        )
+    return target
+
+
+@cli.command()
+@click.argument("path", default="default:/")
+@click.option("-l", "long_format", is_flag=True, help="Long listing: type, size, mtime.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def ls(ctx, path, long_format, as_json):
+    """List a directory."""
+    target = _target(ctx, path)
+    entries = sorted(target.fs.ls(target.path, detail=True), key=lambda e: e["name"])
+    if as_json:
+        _echo_json([_entry_json(target, e) for e in entries])
+        return
+    for entry in entries:
+        name = posixpath.basename(entry["name"].rstrip("/")) + ("/" if entry["type"] == "directory" else "")
+        if long_format:
+            click.echo(f"{entry['type'][:4]:4} {entry.get('size', 0):>14} {_mtime(entry) or '-':32} {name}")
+        else:
+            click.echo(name)
+
+
+@cli.command()
+@click.argument("path", default="default:/")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (nested).")
+@click.pass_context
+def tree(ctx, path, as_json):
+    """Show a directory tree."""
+    target = _target(ctx, path)
+    found = target.fs.find(target.path, withdirs=True, detail=True)
+    base = target.path.strip("/")
+    nodes: dict[str, dict] = {}
+    root = {"name": target.display(target.path), "type": "directory", "children": []}
+    for name in sorted(found):
+        entry = found[name]
+        rel = name.strip("/")[len(base):].strip("/") if base else name.strip("/")
+        if not rel:
+            continue
+        node = {"name": posixpath.basename(rel), "type": entry["type"], "size": entry.get("size", 0)}
+        if entry["type"] == "directory":
+            node["children"] = []
+        nodes[rel] = node
+        parent = nodes.get(posixpath.dirname(rel), root)
+        parent.setdefault("children", []).append(node)
+    if as_json:
+        _echo_json(root)
+        return
+    click.echo(root["name"])
+
+    def show(children, prefix):
+        for index, child in enumerate(children):
+            last = index == len(children) - 1
+            label = child["name"] + ("/" if child["type"] == "directory" else f"  ({_human(child['size'])})")
+            click.echo(f"{prefix}{'└── ' if last else '├── '}{label}")
+            show(child.get("children", []), prefix + ("    " if last else "│   "))
+
+    show(root["children"], "")
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def info(ctx, path, as_json):
+    """Show metadata of a file or directory."""
+    target = _target(ctx, path)
+    entry = dict(target.fs.info(target.path))
+    entry["name"] = target.display(entry["name"])
+    if as_json:
+        _echo_json(entry)
+        return
+    for key, value in entry.items():
+        click.echo(f"{key}: {value}")
+
+
+@cli.command()
+@click.argument("path", default="default:/")
+@click.option("-s", "summary", is_flag=True, help="Only the total.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def du(ctx, path, summary, as_json):
+    """Disk usage (logical bytes) of a file or directory."""
+    target = _target(ctx, path)
+    sizes = target.fs.du(target.path, total=False, withdirs=False)
+    total = sum(sizes.values())
+    if as_json:
+        result = {"path": target.display(target.path), "total": total, "files": len(sizes)}
+        if not summary:
+            result["entries"] = {target.display(k): v for k, v in sorted(sizes.items())}
+        _echo_json(result)
+        return
+    if not summary:
+        for name, size in sorted(sizes.items()):
+            click.echo(f"{size:>14}  {target.display(name)}")
+    click.echo(f"{total:>14}  total ({_human(total)} in {len(sizes)} files)")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--offset", type=int, default=None, help="First byte (negative: from the end).")
+@click.option("--length", type=int, default=None, help="Number of bytes.")
+@click.pass_context
+def cat(ctx, paths, offset, length):
+    """Write file contents to stdout (optionally a byte range)."""
+    out = sys.stdout.buffer
+    for argument in paths:
+        target = _target(ctx, argument)
+        if offset is None and length is None:
+            with target.fs.open(target.path, "rb") as f:
+                while block := f.read(1 << 20):
+                    out.write(block)
+        else:
+            start = offset or 0
+            end = None if length is None else start + length
+            if start < 0 and end is not None and end >= 0:
+                end = None
+            out.write(target.fs.cat_file(target.path, start=start, end=end))
+    out.flush()
+
+
+def _transfer(source: Target, dest: Target, recursive: bool, move: bool = False) -> int:
+    """Copy (or move) between any two targets; returns the number of files."""
+    src_fs, dst_fs = source.fs, dest.fs
+    if not src_fs.exists(source.path):
+        raise FileNotFoundError(f"no such file or directory: {source.argument}")
+    is_dir = src_fs.isdir(source.path)
+    if is_dir and not recursive:
+        raise IsADirectoryError(f"{source.argument} is a directory (use -r)")
+    if src_fs is dst_fs and not source.is_local:
+        if move:
+            src_fs.mv(source.path, dest.path, recursive=recursive)
+        else:
+            dest_path = dest.path
+            if not is_dir and (dest.names_directory or dst_fs.isdir(dest_path)):
+                dest_path = dest.child(posixpath.basename(source.path))
+            src_fs.copy(source.path, dest_path, recursive=recursive)
+        return 1
+    if is_dir:
+        pairs = []
+        base = source.path.rstrip("/")
+        for name in src_fs.find(source.path):
+            rel = name[len(base):].lstrip("/")
+            pairs.append((name, dest.child(rel)))
+    else:
+        dest_path = dest.path
+        if dest.names_directory or dst_fs.isdir(dest_path):
+            dest_path = dest.child(posixpath.basename(source.path))
+        pairs = [(source.path, dest_path)]
+    enabled = _progress_enabled()
+    for src_path, dst_path in pairs:
+        bar = ProgressBar(posixpath.basename(src_path), enabled)
+        try:
+            _copy_one(src_fs, src_path, dst_fs, dst_path, bar)
+        finally:
+            bar.close()
+    if move:
+        src_fs.rm(source.path, recursive=is_dir)
+    return len(pairs)
+
+
+def _copy_one(src_fs, src_path, dst_fs, dst_path, callback: Callback) -> None:
+    local = fsspec.implementations.local.LocalFileSystem
+    if isinstance(src_fs, local) and not isinstance(dst_fs, local):
+        dst_fs.put_file(src_path, dst_path, callback=callback)
+    elif isinstance(dst_fs, local) and not isinstance(src_fs, local):
+        os.makedirs(os.path.dirname(dst_path) or ".", exist_ok=True)
+        src_fs.get_file(src_path, dst_path, callback=callback)
+    else:
+        callback.set_size(src_fs.size(src_path))
+        with src_fs.open(src_path, "rb") as src, dst_fs.open(dst_path, "wb") as dst:
+            while block := src.read(1 << 22):
+                dst.write(block)
+                callback.relative_update(len(block))
+
+
+@cli.command()
+@click.argument("local", type=click.Path(exists=True))
+@click.argument("dest")
+@click.option("-r", "--recursive", is_flag=True, help="Copy a directory.")
+@click.pass_context
+def put(ctx, local, dest, recursive):
+    """Upload a local file or directory into a stack."""
+    _transfer(Target(local, ctx.obj, local_only=True), _target(ctx, dest), recursive)
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("local")
+@click.option("-r", "--recursive", is_flag=True, help="Copy a directory.")
+@click.pass_context
+def get(ctx, source, local, recursive):
+    """Download a file or directory from a stack."""
+    _transfer(_target(ctx, source), Target(local, ctx.obj, local_only=True), recursive)
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("dest")
+@click.option("-r", "--recursive", is_flag=True, help="Copy a directory.")
+@click.pass_context
+def cp(ctx, source, dest, recursive):
+    """Copy between stacks and/or local paths."""
+    src, dst = Target(source, ctx.obj), Target(dest, ctx.obj)
+    if src.is_local and dst.is_local:
+        raise InvalidArgument("at least one side must be STACK:/path")
+    _transfer(src, dst, recursive)
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("dest")
+@click.pass_context
+def mv(ctx, source, dest):
+    """Move or rename (a rename inside one stack; copy then delete across stacks)."""
+    src, dst = _target(ctx, source), _target(ctx, dest)
+    _transfer(src, dst, recursive=True, move=True)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-r", "--recursive", is_flag=True, help="Remove directories and their contents.")
+@click.pass_context
+def rm(ctx, paths, recursive):
+    """Remove files (and directories with -r)."""
+    for argument in paths:
+        target = _target(ctx, argument)
+        if not target.path:
+            if not recursive:
+                raise InvalidArgument("refusing to remove a stack root without -r")
+        target.fs.rm(target.path, recursive=recursive)
+
+
+@cli.command()
+@click.argument("path")
+@click.pass_context
+def mkdir(ctx, path):
+    """Create a directory (and its parents)."""
+    target = _target(ctx, path)
+    target.fs.makedirs(target.path, exist_ok=True)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def stacks(ctx, as_json):
+    """List the configured stacks and what they are made of."""
+    config = load_config(ctx.obj)
+    rows = []
+    for name, spec in sorted(config.stacks.items()):
+        layers = " > ".join(layer["type"] for layer in spec.layers)
+        backend = spec.backend.get("type")
+        rows.append({"name": name, "layers": [l["type"] for l in spec.layers], "backend": spec.backend,
+                     "description": spec.description})
+        if not as_json:
+            click.echo(f"{name}: {layers + ' > ' if layers else ''}{backend} {spec.backend}")
+    if as_json:
+        _echo_json(rows)
+
+
+@cli.command()
+@click.option("--stack", default="default", show_default=True, help="Stack to tour.")
+@click.pass_context
+def demo(ctx, stack):
+    """A short tour of aiofs on a stack (writes under /aiofs-demo)."""
+    from aiofs.demo import run_demo
+
+    run_demo(stack, ctx.obj, echo=click.echo)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``aiofs`` command."""
+    cli.main(args=argv, prog_name="aiofs")
+
+
+if __name__ == "__main__":
+    main()

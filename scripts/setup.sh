@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up aiofs in ./.venv on a fresh Debian machine with Python 3.11.
+#   scripts/setup.sh            -> the package and the `aiofs` command
+#   scripts/setup.sh dev        -> plus what the test suite needs (any setup.cfg extras, comma-separated)
+# Debian packages the project needs are installed here when we are root (apt-get).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS="${1:-}"
+
+# Debian packages: grows as features land (fuse3 arrives with the FUSE mount).
+DEBIAN_PACKAGES=()
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    DEBIAN_PACKAGES+=(python3-venv)
+fi
+missing=()
+for pkg in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    else
+        echo "aiofs setup: please install the Debian packages: ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+if [ -n "$EXTRAS" ]; then
+    .venv/bin/python -m pip install -q -e ".[${EXTRAS}]"
+else
+    .venv/bin/python -m pip install -q -e .
+fi
