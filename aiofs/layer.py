@@ -29,6 +29,11 @@ from typing import Any, TypeVar
 import fsspec
 from fsspec.spec import AbstractFileSystem
 
+try:  # fsspec's marker base class: lets chained URLs ("aiofs-layer::memory://x") pass the path
+    from fsspec.implementations.chained import ChainedFileSystem
+except ImportError:  # older fsspec: chaining still works for URLs that carry the full path
+    ChainedFileSystem = AbstractFileSystem
+
 from aiofs.errors import InvalidArgument, ReservedPath
 
 INTERNAL_DIR = ".aiofs"
@@ -139,7 +144,7 @@ def find_layer(fs: AbstractFileSystem, cls: type[L]) -> L | None:
     return None
 
 
-class Layer(AbstractFileSystem):
+class Layer(ChainedFileSystem):
     """A filesystem layer over a target filesystem; used directly, a pass-through layer.
 
     ``Layer(fs=target)`` or ``Layer(target_protocol="memory", target_options={...})``.
@@ -167,6 +172,7 @@ class Layer(AbstractFileSystem):
             raise InvalidArgument("give exactly one of fs= or target_protocol=")
         if fs is None:
             fs = fsspec.filesystem(target_protocol, **(target_options or {}))
+        options.pop("fo", None)  # the path of a chained URL: the target already has it
         super().__init__(**options)
         self.fs = fs
         self.options = options

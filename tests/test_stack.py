@@ -157,3 +157,23 @@ def test_split_target(config_file):
 def test_open_stack_rejects_a_path_url(storage):
     with pytest.raises(InvalidArgument):
         open_stack("aiofs://default/some/path")
+
+
+def test_chained_urls_and_protocols_do_not_clobber():
+    from fsspec.registry import get_filesystem_class, known_implementations
+
+    import aiofs.layer
+    import aiofs.backends.local
+
+    assert get_filesystem_class("aiofs") is AiofsFileSystem
+    assert get_filesystem_class("aiofs-layer") is aiofs.layer.Layer
+    assert get_filesystem_class("aiofs-local") is aiofs.backends.local.LocalBackend
+    # fsspec's own table (before entry points) must not already own our names
+    builtin = {name for name, spec in known_implementations.items() if "aiofs" not in spec["class"]}
+    assert not {"aiofs", "aiofs-layer", "aiofs-local"} & builtin
+    fsspec.filesystem("memory").pipe("/chain-test/a.txt", b"chained")
+    with fsspec.open("aiofs-layer::memory://chain-test/a.txt", "rb") as f:
+        assert f.read() == b"chained"
+    of = fsspec.open("aiofs-layer::memory://chain-test/a.txt")
+    assert repr(of.fs) == "Layer(Memory())"
+    fsspec.filesystem("memory").rm("/chain-test", recursive=True)
