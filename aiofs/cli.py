@@ -319,9 +319,9 @@ def _transfer(source: Target, dest: Target, recursive: bool, move: bool = False)
         return 1
     if is_dir:
         pairs = []
-        base = source.path.rstrip("/")
+        base = src_fs._strip_protocol(source.path).rstrip("/")
         for name in src_fs.find(source.path):
-            rel = name[len(base):].lstrip("/")
+            rel = src_fs._strip_protocol(name)[len(base):].lstrip("/")
             pairs.append((name, dest.child(rel)))
     else:
         dest_path = dest.path

@@ -55,7 +55,7 @@ def run_demo(stack: str = "default", config: str | None = None, echo: Callable[[
     for path, data in files.items():
         _check(fs.cat_file(path) == data, f"read back {path}")
     listing = sorted(fs.find(DEMO_DIR))
-    _check(listing == sorted(files), "find lists exactly what was written")
+    _check(listing == sorted(fs._strip_protocol(p) for p in files), "find lists exactly what was written")
     echo(f"2. read back and verified every byte; find() lists {len(listing)} files")
 
     clip = f"{DEMO_DIR}/media/clip.bin"

@@ -71,6 +71,11 @@ class AiofsError(OSError):
         else:
             super().__init__(row.errno, message, path)
 
+    def __reduce__(self):
+        # OSError pickles as cls(errno, strerror, filename), which our signature does not
+        # take: rebuild from (detail, path) so errors cross process boundaries intact.
+        return (type(self), (self.detail, self.filename), self.__dict__)
+
     @property
     def http_status(self) -> int:
         """HTTP status the API answers with for this error."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import posixpath
 from collections.abc import Iterator
 from typing import Any, TypeVar
@@ -34,7 +35,7 @@ try:  # fsspec's marker base class: lets chained URLs ("aiofs-layer::memory://x"
 except ImportError:  # older fsspec: chaining still works for URLs that carry the full path
     ChainedFileSystem = AbstractFileSystem
 
-from aiofs.errors import InvalidArgument, ReservedPath
+from aiofs.errors import InvalidArgument, InvalidPath, ReservedPath
 
 INTERNAL_DIR = ".aiofs"
 
@@ -47,6 +48,8 @@ L = TypeVar("L")
 
 def is_internal(path: str) -> bool:
     """True when ``path`` lies under a reserved ``.aiofs`` directory (any component)."""
+    if not isinstance(path, str):  # bytes or PathLike: the target validates the encoding
+        path = os.fsdecode(fsspec.utils.stringify_path(path))
     if INTERNAL_DIR not in path:  # fast path: almost every path
         return False
     return INTERNAL_DIR in path.replace("\\", "/").split("/")
@@ -176,6 +179,10 @@ class Layer(ChainedFileSystem):
         super().__init__(**options)
         self.fs = fs
         self.options = options
+        # Same namespace as the target, spelled the same way: fsspec's generic glob, copy
+        # and get logic compare our stripped paths with the names the target returns.
+        self.root_marker = fs.root_marker
+        self._strip_protocol = self._strip_like_target
 
     # -- stack introspection -------------------------------------------------------------
 
@@ -201,12 +208,23 @@ class Layer(ChainedFileSystem):
         if isinstance(path, list):
             return [cls._strip_protocol(p) for p in path]
         path = fsspec.utils.stringify_path(path)
+        if isinstance(path, bytes):
+            try:
+                path = path.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidPath(f"path is not valid UTF-8: {path!r}") from None
         for protocol in (cls.protocol,) if isinstance(cls.protocol, str) else cls.protocol:
             prefix = f"{protocol}://"
             if path.startswith(prefix):
                 path = path[len(prefix) :]
                 break
         return path.rstrip("/") or cls.root_marker
+
+    def _strip_like_target(self, path):
+        """Strip our protocol, then normalise the path as the target does."""
+        if isinstance(path, list):
+            return [self._strip_like_target(p) for p in path]
+        return self.fs._strip_protocol(type(self)._strip_protocol(path))
 
     def _logical_entry(self, entry: dict) -> dict:
         """Turn a target ``ls``/``info`` entry into what readers of this layer see.
@@ -232,7 +250,8 @@ class Layer(ChainedFileSystem):
         return self._logical_entry(self.fs.info(path, **kwargs))
 
     def find(self, path, maxdepth=None, withdirs=False, detail=False, **kwargs):
-        hide_internal_path(path)
+        if is_internal(path) and not internals_visible():
+            return {} if detail else []  # as for a missing path (and so glob gives [])
         found = self.fs.find(path, maxdepth=maxdepth, withdirs=withdirs, detail=True, **kwargs)
         show_internal = internals_visible()
         result = {

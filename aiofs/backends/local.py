@@ -2,7 +2,8 @@
 
 Contract:
 
-* Paths are relative to ``root`` (``"a/b"``; a leading ``/`` means the same). They are
+* Paths are relative to ``root``: ``"/a/b"`` and ``"a/b"`` mean the same file, and names
+  come back as ``"/a/b"`` (the root is ``"/"``), as on fsspec's memory filesystem. They are
   validated before any system call: NUL bytes, invalid UTF-8, components over 255 bytes and
   ``..`` that would leave the root raise errors from :mod:`aiofs.errors` and touch nothing.
   The guarantee is about path strings; symbolic links that somebody else places inside the
@@ -188,7 +189,7 @@ class LocalBackend(AbstractFileSystem):
     """
 
     protocol = "aiofs-local"
-    root_marker = ""
+    root_marker = "/"
     capabilities = frozenset({EMPTY_DIRECTORIES, SERVER_SIDE_COPY, ATOMIC_WRITES, RANGE_READS})
 
     def __init__(self, root: str, fsync: bool = True, create: bool = True, **kwargs):
@@ -211,31 +212,38 @@ class LocalBackend(AbstractFileSystem):
         return f"local:{self.root}"
 
     @classmethod
-    def _strip_protocol(cls, path):
-        if isinstance(path, list):
-            return [cls._strip_protocol(p) for p in path]
+    def _relative(cls, path) -> str:
+        """The validated root-relative form of a path: ``"a/b"``, ``""`` for the root."""
         path = fsspec.utils.stringify_path(path)
+        if isinstance(path, bytes):  # decode (or refuse invalid UTF-8) before str methods
+            path = validate_relative_path(path)
         if path.startswith("aiofs-local://"):
             path = path[len("aiofs-local://"):]
         return validate_relative_path(path)
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        # Names are "/a/b" (root "/"), as on fsspec's memory filesystem: fsspec's generic
+        # copy/get/put path mapping needs a parent for top-level names.
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        rel = cls._relative(path)
+        return "/" + rel if rel else ""  # the root strips to "", as on the memory filesystem
 
     @staticmethod
     def _get_kwargs_from_urls(path):
         return {}
 
     def unstrip_protocol(self, name: str) -> str:
-        return f"aiofs-local://{name}"
+        return f"aiofs-local://{name.lstrip('/')}"
 
     def _full(self, path) -> str:
-        rel = self._strip_protocol(path)
+        rel = self._relative(path)
         return f"{self.root}/{rel}" if rel else self.root
-
-    def _rel(self, full: str) -> str:
-        return full[len(self.root) + 1 :] if full != self.root else ""
 
     # -- metadata ------------------------------------------------------------------------
 
-    def _entry(self, rel: str, st: os.stat_result) -> dict:
+    def _entry(self, name: str, st: os.stat_result) -> dict:
         if stat_module.S_ISDIR(st.st_mode):
             kind = "directory"
         elif stat_module.S_ISREG(st.st_mode):
@@ -243,7 +251,7 @@ class LocalBackend(AbstractFileSystem):
         else:
             kind = "other"
         return {
-            "name": rel,
+            "name": name,
             "size": st.st_size if kind == "file" else 0,
             "type": kind,
             "created": st.st_ctime,
@@ -256,7 +264,7 @@ class LocalBackend(AbstractFileSystem):
         }
 
     def info(self, path, **kwargs):
-        rel = self._strip_protocol(path)
+        rel = self._relative(path)
         hide_internal_path(rel)
         full = f"{self.root}/{rel}" if rel else self.root
         try:
@@ -265,13 +273,13 @@ class LocalBackend(AbstractFileSystem):
             raise NotFound(f"no such file or directory: {rel!r}", rel) from None
         except NotADirectoryError:
             raise NotFound(f"no such file or directory: {rel!r}", rel) from None
-        return self._entry(rel, st)
+        return self._entry("/" + rel, st)
 
     def ls(self, path, detail=True, **kwargs):
-        rel = self._strip_protocol(path)
+        rel = self._relative(path)
         hide_internal_path(rel)
         full = f"{self.root}/{rel}" if rel else self.root
-        prefix = f"{rel}/" if rel else ""
+        prefix = f"/{rel}/" if rel else "/"
         show_internal = internals_visible()
         try:
             scanner = os.scandir(full)
@@ -314,7 +322,7 @@ class LocalBackend(AbstractFileSystem):
             raise NotFound(f"no such file: {rel!r}", rel) from None
 
     def cat_file(self, path, start=None, end=None, **kwargs):
-        rel = self._strip_protocol(path)
+        rel = self._relative(path)
         hide_internal_path(rel)
         full = f"{self.root}/{rel}" if rel else self.root
         with self._open_for_reading(rel, full) as f:
@@ -329,7 +337,7 @@ class LocalBackend(AbstractFileSystem):
             return f.read(end - start)
 
     def get_file(self, rpath, lpath, callback=fsspec.callbacks.DEFAULT_CALLBACK, outfile=None, **kwargs):
-        rel = self._strip_protocol(rpath)
+        rel = self._relative(rpath)
         hide_internal_path(rel)
         full = self._full(rel)
         if os.path.isdir(full):
@@ -341,6 +349,9 @@ class LocalBackend(AbstractFileSystem):
             if outfile is not None:
                 self._copy_stream(src, outfile, callback)
                 return
+            parent = os.path.dirname(os.fspath(lpath))
+            if parent:  # like fsspec's get_file: the local parent is created on demand
+                os.makedirs(parent, exist_ok=True)
             with open(lpath, "wb") as dst:
                 self._copy_stream(src, dst, callback)
 
@@ -351,7 +362,7 @@ class LocalBackend(AbstractFileSystem):
             callback.relative_update(len(block))
 
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
-        rel = self._strip_protocol(path)
+        rel = self._relative(path)
         full = f"{self.root}/{rel}" if rel else self.root
         if "r" in mode:
             hide_internal_path(rel)
@@ -389,7 +400,7 @@ class LocalBackend(AbstractFileSystem):
             raise NotADirectory(f"a parent of {rel!r} is a file", rel) from None
 
     def pipe_file(self, path, value, mode="overwrite", **kwargs):
-        rel = self._strip_protocol(path)
+        rel = self._relative(path)
         refuse_internal_write(rel)
         full = f"{self.root}/{rel}" if rel else self.root
         exclusive = mode == "create"
@@ -408,7 +419,7 @@ class LocalBackend(AbstractFileSystem):
         staged: list[AtomicWriteFile] = []
         try:
             for p, v in path.items():
-                rel = self._strip_protocol(p)
+                rel = self._relative(p)
                 refuse_internal_write(rel)
                 full = f"{self.root}/{rel}" if rel else self.root
                 self._prepare_write(rel, full)
@@ -438,7 +449,7 @@ class LocalBackend(AbstractFileSystem):
             os.close(fd)
 
     def put_file(self, lpath, rpath, callback=fsspec.callbacks.DEFAULT_CALLBACK, mode="overwrite", **kwargs):
-        rel = self._strip_protocol(rpath)
+        rel = self._relative(rpath)
         refuse_internal_write(rel)
         full = self._full(rel)
         if os.path.isdir(lpath):
@@ -451,7 +462,7 @@ class LocalBackend(AbstractFileSystem):
                 self._copy_stream(src, dst, callback)
 
     def cp_file(self, path1, path2, **kwargs):
-        rel1, rel2 = self._strip_protocol(path1), self._strip_protocol(path2)
+        rel1, rel2 = self._relative(path1), self._relative(path2)
         hide_internal_path(rel1)
         refuse_internal_write(rel2)
         full1, full2 = self._full(rel1), self._full(rel2)
@@ -464,9 +475,9 @@ class LocalBackend(AbstractFileSystem):
                 shutil.copyfileobj(src, dst._file, _COPY_BLOCK)
 
     def mv(self, path1, path2, recursive=False, maxdepth=None, **kwargs):
-        if isinstance(path1, list) or has_glob(path1):
+        if isinstance(path1, list) or (isinstance(path1, str) and has_glob(path1)):
             return super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
-        rel1, rel2 = self._strip_protocol(path1), self._strip_protocol(path2)
+        rel1, rel2 = self._relative(path1), self._relative(path2)
         refuse_internal_write(rel1)
         refuse_internal_write(rel2)
         if not rel1 or not rel2:
@@ -499,7 +510,7 @@ class LocalBackend(AbstractFileSystem):
     # -- directories and deletion ------------------------------------------------------------
 
     def mkdir(self, path, create_parents=True, **kwargs):
-        rel = self._strip_protocol(path)
+        rel = self._relative(path)
         refuse_internal_write(rel)
         full = self._full(rel)
         if os.path.exists(full):
@@ -516,7 +527,7 @@ class LocalBackend(AbstractFileSystem):
             raise NotADirectory(f"a parent of {rel!r} is a file", rel) from None
 
     def makedirs(self, path, exist_ok=False):
-        rel = self._strip_protocol(path)
+        rel = self._relative(path)
         refuse_internal_write(rel)
         full = self._full(rel)
         if os.path.isdir(full):
@@ -531,7 +542,7 @@ class LocalBackend(AbstractFileSystem):
             raise NotADirectory(f"a parent of {rel!r} is a file", rel) from None
 
     def rmdir(self, path):
-        rel = self._strip_protocol(path)
+        rel = self._relative(path)
         refuse_internal_write(rel)
         if not rel:
             raise InvalidPath("cannot remove the storage root")
@@ -547,7 +558,7 @@ class LocalBackend(AbstractFileSystem):
             raise
 
     def rm_file(self, path):
-        rel = self._strip_protocol(path)
+        rel = self._relative(path)
         refuse_internal_write(rel)
         full = self._full(rel)
         try:
@@ -572,10 +583,10 @@ class LocalBackend(AbstractFileSystem):
         paths = path if isinstance(path, list) else [path]
         targets = []
         for p in paths:
-            if has_glob(p):
+            if isinstance(p, str) and has_glob(p):  # a bytes path is validated, not globbed
                 targets.extend(self.expand_path(p, recursive=recursive, maxdepth=maxdepth))
                 continue
-            rel = self._strip_protocol(p)
+            rel = self._relative(p)
             refuse_internal_write(rel)
             full = self._full(rel)
             if not os.path.lexists(full):
@@ -613,7 +624,7 @@ class LocalBackend(AbstractFileSystem):
                 os.rmdir(full)
 
     def touch(self, path, truncate=True, **kwargs):
-        rel = self._strip_protocol(path)
+        rel = self._relative(path)
         refuse_internal_write(rel)
         full = self._full(rel)
         if truncate or not os.path.exists(full):
