@@ -320,3 +320,16 @@ def test_layer_refuses_invalid_utf8_bytes_paths(tmp_path, snapshot):
     with pytest.raises(InvalidPath):
         layer.info(b"bad\xff.txt")
     assert snapshot(tmp_path) == before
+
+
+def test_bulk_pipe_with_one_bad_entry_changes_nothing(tmp_path, snapshot):
+    store = LocalBackend(str(tmp_path / "store"))
+    store.pipe({"keep.txt": b"old", "dir/x": b"1"})
+    before = snapshot(tmp_path)
+    for bad in ("dir", "../escape", "keep.txt/under-a-file"):
+        with pytest.raises(OSError):
+            store.pipe({"keep.txt": b"new", "fresh.txt": b"n", bad: b"bad"})
+        assert snapshot(tmp_path) == before, bad
+    store.pipe({"keep.txt": b"new", "fresh.txt": b"n", "deep/er/f": b"d"})
+    assert store.cat(["keep.txt", "fresh.txt", "deep/er/f"]) == {
+        "/keep.txt": b"new", "/fresh.txt": b"n", "/deep/er/f": b"d"}

@@ -409,35 +409,65 @@ class LocalBackend(AbstractFileSystem):
             f.write(value)
 
     def pipe(self, path, value=None, **kwargs):
-        """Write many files with one group commit: temp files, one syncfs, then renames."""
+        """Write many files with one group commit: temp files, one syncfs, then renames.
+
+        Every destination is checked while staging, before any rename, so a bad entry
+        (a directory in the way, an invalid path) fails the whole batch and changes nothing.
+        """
         if isinstance(path, str):
             path = {path: value}
         if len(path) < 2 or not self.durable or _syncfs is None:
             for p, v in path.items():
                 self.pipe_file(p, v, **kwargs)
             return
-        staged: list[AtomicWriteFile] = []
+        batch = f"{TEMP_PREFIX}{secrets.token_hex(6)}"
+        staged: list[tuple[str, str]] = []  # (temporary path, final path)
         try:
-            for p, v in path.items():
+            for number, (p, data) in enumerate(path.items()):
                 rel = self._relative(p)
                 refuse_internal_write(rel)
-                full = f"{self.root}/{rel}" if rel else self.root
-                self._prepare_write(rel, full)
-                staged_file = AtomicWriteFile(full, "wb", durable=False)
-                staged.append(staged_file)
-                staged_file.write(v)
-                staged_file.flush()
+                if not rel:
+                    raise IsADirectory("cannot write over the storage root", rel)
+                full = f"{self.root}/{rel}"
+                directory, _, name = full.rpartition("/")
+                temp = f"{directory}/{batch}{number:x}-{name[:64]}"
+                self._stage(rel, full, temp, data)
+                staged.append((temp, full))
             self._syncfs()
-            directories = set()
-            for staged_file in staged:
-                staged_file.close()
-                directories.add(os.path.dirname(staged_file.final_path))
-            for directory in directories:
+            for temp, full in staged:
+                os.rename(temp, full)
+            for directory in {full.rpartition("/")[0] for _, full in staged}:
                 _fsync_dir(directory)
         except BaseException:
-            for staged_file in staged:
-                staged_file.discard()
+            for temp, _ in staged:
+                try:
+                    os.unlink(temp)
+                except FileNotFoundError:
+                    pass  # already renamed: that file is complete and durable
             raise
+
+    def _stage(self, rel: str, full: str, temp: str, data) -> None:
+        """Write ``data`` to the temporary file ``temp`` for ``full`` (not yet durable)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(temp, flags, 0o666)
+        except FileNotFoundError:  # parent missing: create it, as a single write does
+            self._make_parents(rel)
+            fd = os.open(temp, flags, 0o666)
+        except NotADirectoryError:
+            raise NotADirectory(f"a parent of {rel!r} is a file", rel) from None
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.close(fd)
+            os.unlink(temp)
+            raise
+        os.close(fd)
+        if os.path.isdir(full):
+            os.unlink(temp)
+            raise IsADirectory(f"cannot write over a directory: {rel!r}", rel)
 
     def _syncfs(self) -> None:
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
