@@ -290,6 +290,10 @@ class Layer(ChainedFileSystem):
 
     def cat(self, path, recursive=False, on_error="raise", **kwargs):
         # Bulk reads go down as one bulk call, so an async target reads concurrently.
+        if isinstance(path, list) and not recursive and not any(has_glob(p) for p in path):
+            for p in path:  # plain list: the target normalises it, no second expansion here
+                hide_internal_path(p)
+            return self.fs.cat(path, on_error=on_error, **kwargs)
         paths = self.expand_path(path, recursive=recursive)
         for p in paths:
             hide_internal_path(p)
@@ -309,10 +313,13 @@ class Layer(ChainedFileSystem):
         return self.fs.pipe_file(path, value, mode=mode, **kwargs)
 
     def pipe(self, path, value=None, **kwargs):
-        # Bulk writes go down as one bulk call (concurrent on async targets).
+        # Bulk writes go down as one bulk call (concurrent on async targets); the target
+        # normalises the keys, so only our own protocol prefix is removed here.
         if isinstance(path, str):
             path = {path: value}
-        path = {self._strip_protocol(k): v for k, v in path.items()}
+        prefix = f"{self.protocol}://" if isinstance(self.protocol, str) else None
+        if prefix and any(isinstance(k, str) and k.startswith(prefix) for k in path):
+            path = {type(self)._strip_protocol(k): v for k, v in path.items()}
         for p in path:
             refuse_internal_write(p)
         return self.fs.pipe(path, **kwargs)
