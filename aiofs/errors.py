@@ -71,6 +71,13 @@ class AiofsError(OSError):
         else:
             super().__init__(row.errno, message, path)
 
+    def __str__(self) -> str:
+        # "[CODE] detail: 'path'" instead of OSError's "[Errno N] [CODE] detail: 'path'".
+        text = f"[{self.code}] {self.detail}"
+        if self.filename is not None and str(self.filename) not in self.detail:
+            text += f": {self.filename!r}"
+        return text
+
     def __reduce__(self):
         # OSError pickles as cls(errno, strerror, filename), which our signature does not
         # take: rebuild from (detail, path) so errors cross process boundaries intact.

@@ -168,3 +168,10 @@ def test_http_status_and_body_for_builtins():
         "success": False, "error": "Already exists", "detail": "a.txt exists",
         "code": "ALREADY_EXISTS",
     }
+
+
+def test_message_reads_code_then_detail_without_errno_noise():
+    from aiofs.errors import NotFound
+
+    assert str(NotFound("no such file: 'a.txt'", "a.txt")) == "[NOT_FOUND] no such file: 'a.txt'"
+    assert str(NotFound("gone", "b.txt")) == "[NOT_FOUND] gone: 'b.txt'"
