@@ -28,6 +28,8 @@ PROTOCOL = "aiofs"
 # Config name -> "module:Class". Layers land here as their issues do.
 LAYER_TYPES: dict[str, str] = {
     "layer": "aiofs.layer:Layer",
+    "compress": "aiofs.layers.compress:Compress",
+    "encrypt": "aiofs.layers.encrypt:Encrypt",
 }
 
 BACKEND_TYPES: dict[str, str] = {

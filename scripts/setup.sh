@@ -9,6 +9,9 @@ EXTRAS="${1:-}"
 
 # Debian packages: grows as features land (fuse3 arrives with the FUSE mount).
 DEBIAN_PACKAGES=()
+case ",$EXTRAS," in
+    *,dev,*|*,all,*) DEBIAN_PACKAGES+=(zstd) ;;  # tests check stored objects with `zstd -d`
+esac
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     DEBIAN_PACKAGES+=(python3-venv)
 fi
