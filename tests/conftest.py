@@ -60,3 +60,16 @@ def memory_root():
     root = new_memory_root()
     yield root
     drop_memory_root(root)
+
+
+@pytest.fixture
+def isolated_storage(tmp_path, monkeypatch):
+    """A private default-stack root, no user config file, and no shared stack instances."""
+    from aiofs.stack import forget_open_stacks
+
+    root = tmp_path / "storage"
+    monkeypatch.setenv("LOCAL_STORAGE_PATH", str(root))
+    monkeypatch.setenv("AIOFS_CONFIG", str(tmp_path / "no-config.toml"))
+    forget_open_stacks()
+    yield root
+    forget_open_stacks()

@@ -15,13 +15,8 @@ from aiofs.stack import forget_open_stacks
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    root = tmp_path / "storage"
-    monkeypatch.setenv("LOCAL_STORAGE_PATH", str(root))
-    monkeypatch.setenv("AIOFS_CONFIG", str(tmp_path / "no-config.toml"))
-    forget_open_stacks()
-    yield root
-    forget_open_stacks()
+def env(isolated_storage):
+    return isolated_storage
 
 
 def run(*args, ok=True):

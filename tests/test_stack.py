@@ -17,14 +17,8 @@ from aiofs.stack import AiofsFileSystem, forget_open_stacks, open_stack, split_t
 
 
 @pytest.fixture
-def storage(tmp_path, monkeypatch):
-    """A private default stack root and no user config file."""
-    root = tmp_path / "storage"
-    monkeypatch.setenv("LOCAL_STORAGE_PATH", str(root))
-    monkeypatch.setenv("AIOFS_CONFIG", str(tmp_path / "no-config.toml"))
-    forget_open_stacks()
-    yield root
-    forget_open_stacks()
+def storage(isolated_storage):
+    return isolated_storage
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from fsspec.tests.abstract import (
 
 from aiofs.layer import EMPTY_DIRECTORIES, capabilities_of, internal_access
 
-__all__ = ["FsspecAbstractSuite", "join_paths", "remove_tree_contents"]
+__all__ = ["FsspecAbstractSuite", "TargetFixtures", "join_paths", "remove_tree_contents"]
 
 
 def join_paths(*parts: str) -> str:
@@ -57,23 +57,16 @@ def remove_tree_contents(fs: AbstractFileSystem, root: str) -> None:
         fs.invalidate_cache()
 
 
-class FsspecAbstractSuite(
-    AbstractFixtures,
-    AbstractCopyTests,
-    AbstractGetTests,
-    AbstractPutTests,
-    AbstractOpenTests,
-    AbstractPipeTests,
-):
-    """fsspec's abstract copy/get/put/open/pipe tests, fed by one :meth:`make_fs` hook.
+class TargetFixtures:
+    """The ``make_fs`` hook and the ``fs``/``fs_path`` fixtures shared by the shipped suites.
 
-    Subclass it in a ``Test*`` class and override :meth:`make_fs`. Whether the target keeps
-    empty directories is read from its capability flags (``aiofs.layer.capabilities_of``).
+    Override :meth:`make_fs`; each test gets ``(fs, root)`` from it and
+    :meth:`cleanup_fs` removes what the test left below ``root`` afterwards.
     """
 
     def make_fs(self, tmp_path) -> tuple[AbstractFileSystem, str]:
         """Return ``(filesystem, root_path)`` for one test; ``tmp_path`` is pytest's."""
-        raise NotImplementedError("subclasses of FsspecAbstractSuite must override make_fs")
+        raise NotImplementedError(f"{type(self).__name__} must override make_fs")
 
     def cleanup_fs(self, fs: AbstractFileSystem, root: str) -> None:
         """Remove what a test left below ``root`` (override for targets that need more)."""
@@ -95,6 +88,22 @@ class FsspecAbstractSuite(
     @pytest.fixture
     def fs_path(self, aiofs_target):
         return aiofs_target[1]
+
+
+class FsspecAbstractSuite(
+    TargetFixtures,
+    AbstractFixtures,
+    AbstractCopyTests,
+    AbstractGetTests,
+    AbstractPutTests,
+    AbstractOpenTests,
+    AbstractPipeTests,
+):
+    """fsspec's abstract copy/get/put/open/pipe tests, fed by one :meth:`make_fs` hook.
+
+    Subclass it in a ``Test*`` class and override :meth:`make_fs`. Whether the target keeps
+    empty directories is read from its capability flags (``aiofs.layer.capabilities_of``).
+    """
 
     @pytest.fixture
     def fs_join(self):

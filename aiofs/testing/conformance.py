@@ -27,7 +27,7 @@ from fsspec.spec import AbstractFileSystem
 
 from aiofs.errors import code_for
 from aiofs.layer import EMPTY_DIRECTORIES, INTERNAL_DIR, Layer, capabilities_of, internal_access
-from aiofs.testing.abstract import remove_tree_contents
+from aiofs.testing.abstract import TargetFixtures
 
 __all__ = ["ConformanceSuite", "relative_names"]
 
@@ -61,7 +61,7 @@ def relative_names(fs: AbstractFileSystem, root: str, names, keep_root: bool = F
     return sorted(out)
 
 
-class ConformanceSuite:
+class ConformanceSuite(TargetFixtures):
     """ls/info/find/walk/glob/du/rm/mv, timestamps, hidden internals, logical sizes, ranges.
 
     Subclass it in a ``Test*`` class and override :meth:`make_fs` (or the ``fs`` and
@@ -69,33 +69,6 @@ class ConformanceSuite:
     files; directories that only exist empty are checked only when the filesystem claims
     the ``empty_directories`` capability.
     """
-
-    # -- fixtures ------------------------------------------------------------------------
-
-    def make_fs(self, tmp_path) -> tuple[AbstractFileSystem, str]:
-        """Return ``(filesystem, root_path)`` for one test; ``tmp_path`` is pytest's."""
-        raise NotImplementedError("subclasses of ConformanceSuite must override make_fs")
-
-    def cleanup_fs(self, fs: AbstractFileSystem, root: str) -> None:
-        """Remove what a test left below ``root``, internal data included."""
-        remove_tree_contents(fs, root)
-
-    @pytest.fixture
-    def aiofs_target(self, tmp_path):
-        """The ``(fs, root)`` pair for one test, cleaned up afterwards."""
-        fs, root = self.make_fs(tmp_path)
-        try:
-            yield fs, root
-        finally:
-            self.cleanup_fs(fs, root)
-
-    @pytest.fixture
-    def fs(self, aiofs_target):
-        return aiofs_target[0]
-
-    @pytest.fixture
-    def fs_path(self, aiofs_target):
-        return aiofs_target[1]
 
     # -- helpers -------------------------------------------------------------------------
 
