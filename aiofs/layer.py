@@ -6,7 +6,9 @@ Contract (DESIGN.md "The layer contract"), written next to the code:
   ``target_protocol=`` / ``target_options=``; exactly one of the two.
 * Same path namespace as the target: a path means the same file above and below.
 * Delegation is explicit (no ``__getattr__``): every primitive below is written out. A layer
-  that changes bytes or meaning overrides the primitives it changes and nothing else.
+  that changes bytes or meaning overrides the primitives it changes and nothing else. The
+  bulk and convenience calls ``cat``, ``pipe``, ``touch``, ``get_file`` and ``put_file`` pass
+  bytes straight down here too, so a layer that transforms bytes overrides them as well.
 * Internal data lives under the reserved ``.aiofs/`` directory. :func:`is_internal` is the
   one place that decides what is internal. Listings never show it, ``info`` raises
   ``FileNotFoundError`` for it and writes to it are refused, except inside
@@ -109,7 +111,8 @@ RANGE_READS = "range_reads"
 _KNOWN_CAPABILITIES: dict[str, frozenset[str]] = {
     "file": frozenset({EMPTY_DIRECTORIES, SERVER_SIDE_COPY, RANGE_READS}),
     "local": frozenset({EMPTY_DIRECTORIES, SERVER_SIDE_COPY, RANGE_READS}),
-    "memory": frozenset({EMPTY_DIRECTORIES, SERVER_SIDE_COPY, ATOMIC_WRITES, RANGE_READS}),
+    # not atomic: fsspec's memory file replaces the old content when opened for writing
+    "memory": frozenset({EMPTY_DIRECTORIES, SERVER_SIDE_COPY, RANGE_READS}),
     "s3": frozenset({SERVER_SIDE_COPY, ATOMIC_WRITES, RANGE_READS}),
     "gcs": frozenset({SERVER_SIDE_COPY, ATOMIC_WRITES, RANGE_READS}),
 }
