@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import io
 import os
 import posixpath
 from collections.abc import Iterator
@@ -150,7 +151,35 @@ def find_layer(fs: AbstractFileSystem, cls: type[L]) -> L | None:
     return None
 
 
-class Layer(ChainedFileSystem):
+class DiscardOnErrorText(io.TextIOWrapper):
+    """A text-mode file whose ``with`` block, left by an exception, discards the write.
+
+    fsspec's ``open(path, "w")`` wraps the binary file in a plain ``TextIOWrapper``, whose
+    ``__exit__`` always closes (so commits) it: a failure half way would store half a file.
+    """
+
+    def __exit__(self, exc_type, exc, tb):
+        discard = getattr(self.buffer, "discard", None)
+        if exc_type is not None and callable(discard) and self.buffer.writable():
+            discard()
+            return None
+        return super().__exit__(exc_type, exc, tb)
+
+
+class SafeTextWrites:
+    """Mixin for aiofs filesystems: text-mode writes are all-or-nothing like binary ones."""
+
+    def open(self, path, mode="rb", block_size=None, cache_options=None, compression=None, **kwargs):
+        if "b" in mode or "r" in mode or compression is not None:
+            return super().open(path, mode, block_size=block_size, cache_options=cache_options,
+                                compression=compression, **kwargs)
+        text_kwargs = {k: kwargs.pop(k) for k in ("encoding", "errors", "newline") if k in kwargs}
+        binary = super().open(path, mode.replace("t", "") + "b", block_size=block_size,
+                              cache_options=cache_options, **kwargs)
+        return DiscardOnErrorText(binary, **text_kwargs)
+
+
+class Layer(SafeTextWrites, ChainedFileSystem):
     """A filesystem layer over a target filesystem; used directly, a pass-through layer.
 
     ``Layer(fs=target)`` or ``Layer(target_protocol="memory", target_options={...})``.

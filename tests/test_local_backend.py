@@ -333,3 +333,21 @@ def test_bulk_pipe_with_one_bad_entry_changes_nothing(tmp_path, snapshot):
     store.pipe({"keep.txt": b"new", "fresh.txt": b"n", "deep/er/f": b"d"})
     assert store.cat(["keep.txt", "fresh.txt", "deep/er/f"]) == {
         "/keep.txt": b"new", "/fresh.txt": b"n", "/deep/er/f": b"d"}
+
+
+@pytest.mark.parametrize("make", [
+    lambda root: LocalBackend(root),
+    lambda root: Layer(fs=LocalBackend(root)),
+], ids=["backend", "layer"])
+def test_text_mode_write_failing_mid_way_keeps_the_old_content(tmp_path, make):
+    fs = make(str(tmp_path / "store"))
+    fs.pipe_file("notes.txt", b"old\n")
+    with pytest.raises(RuntimeError):
+        with fs.open("notes.txt", "w", encoding="utf-8") as f:
+            f.write("new content, half written")
+            raise RuntimeError("crash in the middle")
+    assert fs.cat_file("notes.txt") == b"old\n"
+    with fs.open("notes.txt", "w", encoding="utf-8") as f:
+        f.write("new\n")
+    assert fs.cat_file("notes.txt") == b"new\n"
+    assert [n for n in os.listdir(tmp_path / "store") if n.startswith(TEMP_PREFIX)] == []

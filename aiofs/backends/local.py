@@ -38,7 +38,8 @@ from aiofs.errors import (
     NotFound,
 )
 from aiofs.layer import (
-    ATOMIC_WRITES, EMPTY_DIRECTORIES, RANGE_READS, SERVER_SIDE_COPY, has_glob, hide_internal_path,
+    ATOMIC_WRITES, EMPTY_DIRECTORIES, RANGE_READS, SERVER_SIDE_COPY, SafeTextWrites, has_glob,
+    hide_internal_path,
     internals_visible, is_internal, refuse_internal_write,
 )
 
@@ -181,7 +182,7 @@ class AtomicWriteFile(io.BufferedIOBase):
             self.close()
 
 
-class LocalBackend(AbstractFileSystem):
+class LocalBackend(SafeTextWrites, AbstractFileSystem):
     """A rooted directory on the local disk with atomic, durable writes.
 
     ``LocalBackend(root, fsync=True)``. ``fsync=False`` keeps writes atomic (temp file and
