@@ -99,10 +99,11 @@ def test_encrypt_over_memory_stateful_model():
     assert len(roots) >= 500
 
 
-# Compress(Encrypt(LocalBackend)): runs once the Compress layer has landed.
+# Compress(Encrypt(LocalBackend)): the combined stack.
 def _compress_over_encrypt(tmp_path):
-    compress = pytest.importorskip("aiofs.layers.compress")
-    return compress.Compress(fs=encrypted_local(tmp_path / "store")), "/data"
+    from aiofs.layers.compress import Compress
+
+    return Compress(fs=encrypted_local(tmp_path / "store")), "/data"
 
 
 class TestCompressOverEncryptAbstract(FsspecAbstractSuite):
