@@ -440,6 +440,133 @@ def stacks(ctx, as_json):
 
 
 @cli.command()
+@click.argument("stack", default="default")
+@click.option("--recount", is_flag=True, help="Rebuild the usage from the stored files first.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def quota(ctx, stack, recount, as_json):
+    """Show a stack's storage quota: usage, limits and alerts."""
+    from aiofs.layer import find_layer
+    from aiofs.layers.quota import Quota
+
+    name = stack.split(":", 1)[0] if ":" in stack and not stack.startswith("aiofs://") else stack
+    fs = open_stack(name, ctx.obj)
+    layer = find_layer(fs, Quota)
+    if layer is None:
+        raise InvalidArgument(f"stack {name!r} has no quota layer ({fs!r}); add "
+                              f"{{ type = \"quota\" }} to its layers in the config file")
+    usage = layer.recount() if recount else layer.usage()
+    alerts = layer.alerts(limit=20)
+    if as_json:
+        _echo_json({"stack": name, "usage": usage, "statfs": layer.statfs(), "alerts": alerts})
+        return
+
+    def limit(value):
+        return "unlimited" if value is None else _human(value)
+
+    percent = f" ({usage['percent']:.1f}%)" if usage["percent"] is not None else ""
+    click.echo(f"stack:          {name}  {fs!r}")
+    click.echo(f"used:           {_human(usage['used'])}{percent} of {limit(usage['max_bytes'])}")
+    click.echo(f"free:           {limit(usage['free'])}")
+    if usage["reserved"]:
+        click.echo(f"reserved:       {_human(usage['reserved'])} by writes in progress")
+    files_limit = "" if usage["max_files"] is None else f" of {usage['max_files']}"
+    click.echo(f"files:          {usage['files']}{files_limit}")
+    click.echo(f"max file size:  {limit(usage['max_file_size'])}")
+    crossed = ", ".join(f"{t:.0%}" for t in usage["thresholds_crossed"]) or "none"
+    click.echo(f"alerts at:      {', '.join(f'{t:.0%}' for t in usage['thresholds'])} "
+               f"(crossed: {crossed})")
+    if usage["reconciled_at"]:
+        when = datetime.datetime.fromtimestamp(usage["reconciled_at"], tz=datetime.timezone.utc)
+        click.echo(f"last recount:   {when.isoformat(timespec='seconds')}")
+    for alert in alerts:
+        when = datetime.datetime.fromtimestamp(alert["crossed_at"], tz=datetime.timezone.utc)
+        click.echo(f"  {when.isoformat(timespec='seconds')}  {alert['threshold']:.0%} crossed: "
+                   f"{_human(alert['used'])} of {_human(alert['max_bytes'])}"
+                   + (f" ({alert['path']})" if alert["path"] else ""))
+
+
+@cli.command()
+@click.argument("stack")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("-f", "--foreground", is_flag=True, help="Serve in this process until unmounted.")
+@click.option("--read-only", is_flag=True, help="Refuse every change (EROFS).")
+@click.option("--allow-other", is_flag=True, help="Let other users see the mount (root, or "
+              "user_allow_other in /etc/fuse.conf).")
+@click.option("--attr-timeout", type=float, default=1.0, show_default=True,
+              help="Seconds the kernel and the mount cache attributes and names.")
+@click.option("--dir-cache-ttl", type=float, default=1.0, show_default=True,
+              help="Seconds a directory listing is cached.")
+@click.option("--read-ahead", type=int, default=8, show_default=True,
+              help="Largest read-ahead window in MiB.")
+@click.option("--no-kernel-cache", is_flag=True, help="Drop the page cache on every open.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Where open files are buffered before reaching the stack (default: $TMPDIR).")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="Where a background mount writes its messages.")
+@click.pass_context
+def mount(ctx, stack, mountpoint, foreground, read_only, allow_other, attr_timeout,
+          dir_cache_ttl, read_ahead, no_kernel_cache, cache_dir, log_file):
+    """Mount STACK at MOUNTPOINT (FUSE). Runs in the background unless --foreground."""
+    from aiofs.mount import is_mounted
+
+    name = stack.split(":", 1)[0] if ":" in stack and not stack.startswith("aiofs://") else stack
+    if is_mounted(mountpoint):
+        raise InvalidArgument(f"{mountpoint!r} is already a mount point (aiofs unmount it first)")
+    if not os.path.isdir(mountpoint):
+        raise InvalidArgument(f"mount point {mountpoint!r} is not a directory")
+    fs = open_stack(name, ctx.obj)  # fail here, in the foreground, on a bad stack
+    if foreground:
+        import logging
+
+        from aiofs.mount.fuse import run_mount
+
+        logging.basicConfig(level=logging.WARNING, format="aiofs mount: %(message)s")
+        run_mount(fs, mountpoint, name=name, read_only=read_only, allow_other=allow_other,
+                  attr_timeout=attr_timeout, entry_timeout=attr_timeout,
+                  dir_cache_ttl=dir_cache_ttl, read_ahead=read_ahead << 20,
+                  kernel_cache=not no_kernel_cache, temp_dir=cache_dir)
+        return
+    import subprocess
+    import tempfile
+
+    args = [sys.executable, "-m", "aiofs.cli"]
+    if ctx.obj:
+        args += ["--config", ctx.obj]
+    args += ["mount", name, mountpoint, "--foreground", "--attr-timeout", str(attr_timeout),
+             "--dir-cache-ttl", str(dir_cache_ttl), "--read-ahead", str(read_ahead)]
+    args += ["--read-only"] * read_only + ["--allow-other"] * allow_other
+    args += ["--no-kernel-cache"] * no_kernel_cache
+    if cache_dir:
+        args += ["--cache-dir", cache_dir]
+    log = open(log_file, "ab") if log_file else tempfile.TemporaryFile()
+    with log:
+        child = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                 start_new_session=True)
+        deadline = time.monotonic() + 30
+        while not is_mounted(mountpoint):
+            if child.poll() is not None or time.monotonic() > deadline:
+                if child.poll() is None:
+                    child.terminate()
+                log.seek(0)
+                detail = log.read().decode(errors="replace").strip().splitlines()
+                raise OSError(f"mount failed: {detail[-1] if detail else 'no output'}")
+            time.sleep(0.05)
+    click.echo(f"mounted {name} at {mountpoint} (pid {child.pid}); unmount with: "
+               f"aiofs unmount {mountpoint}")
+
+
+@cli.command()
+@click.argument("mountpoint")
+@click.option("--lazy", is_flag=True, help="Detach now even if busy (fusermount3 -uz).")
+def unmount(mountpoint, lazy):
+    """Unmount an aiofs mount (also one whose daemon was killed)."""
+    from aiofs.mount import unmount as do_unmount
+
+    do_unmount(mountpoint, lazy=lazy)
+
+
+@cli.command()
 @click.option("--stack", default="default", show_default=True, help="Stack to tour.")
 @click.pass_context
 def demo(ctx, stack):

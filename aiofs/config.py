@@ -104,14 +104,20 @@ class Config:
 def builtin_default_stack(settings: dict) -> StackSpec:
     """The stack that works on a fresh machine with no account and no config file.
 
-    It grows as layers land (see the README): today a local backend under
-    ``local_storage_path``.
+    Top to bottom: format validation, quota (100 MB per file, ``max_local_storage_gb``
+    in total), zstd compression, local disk under ``local_storage_path``. It grows as
+    layers land (versioning and dedup go between quota and compress).
     """
     return StackSpec(
         name=DEFAULT_STACK,
         backend={"type": "local", "root": settings["local_storage_path"]},
-        layers=[],
-        description="built-in default: local storage",
+        layers=[
+            {"type": "validate"},
+            {"type": "quota", "max_bytes": int(float(settings["max_local_storage_gb"]) * 2**30),
+             "max_file_size": "100MB"},
+            {"type": "compress"},
+        ],
+        description="built-in default: validation, quota, compression, local storage",
     )
 
 

@@ -37,10 +37,44 @@ def _artifacts() -> dict[str, bytes]:
     rng = random.Random(7)
     return {
         f"{DEMO_DIR}/canvases/poster.json": json.dumps(canvas, indent=2).encode(),
-        f"{DEMO_DIR}/docs/readme.md": b"# Notes\n\n" + b"A line of notes.\n" * 200,
+        f"{DEMO_DIR}/docs/readme.md": b"# Notes\n\n" + b"A line of notes.\n" * 20000,
         f"{DEMO_DIR}/code/hello.py": b"print('hello from aiofs')\n",
         f"{DEMO_DIR}/media/clip.bin": rng.randbytes(3 * 1024 * 1024),
     }
+
+
+def _tour_layers(fs, files: dict[str, bytes], echo: Callable[[str], None]) -> None:
+    """The steps that need a layer the stack may not have (the default stack has all)."""
+    from aiofs.backends import LocalBackend
+    from aiofs.errors import FileTooLarge, InvalidFileType
+    from aiofs.layer import find_layer
+    from aiofs.layers import Compress, Quota, Validate
+
+    if find_layer(fs, Validate) is not None:
+        try:
+            fs.pipe_file(f"{DEMO_DIR}/media/photo.png", b"\x7fELF\x02\x01\x01" + bytes(200))
+        except InvalidFileType as exc:
+            echo(f"8. validation: a .png that is an ELF binary is refused: [{exc.code}]")
+        else:
+            raise DemoFailure("an ELF binary named .png was accepted")
+        _check(not fs.exists(f"{DEMO_DIR}/media/photo.png"), "nothing stored after a refused upload")
+    quota = find_layer(fs, Quota)
+    if quota is not None:
+        limit = quota.statfs()["max_file_size"]
+        try:
+            fs.pipe_file(f"{DEMO_DIR}/media/huge.bin", bytes(limit + 1))
+        except FileTooLarge as exc:
+            echo(f"9. quota: a file of {limit + 1:,} bytes is refused before a byte is stored: [{exc.code}]")
+        else:
+            raise DemoFailure("a file over max_file_size was accepted")
+        usage = quota.statfs()
+        echo(f"   usage {usage['used']:,} of {usage['total']:,} bytes")
+    backend = find_layer(fs, LocalBackend)
+    if find_layer(fs, Compress) is not None and backend is not None:
+        stored = backend.du(DEMO_DIR)
+        logical = sum(len(d) for d in files.values())
+        echo(f"10. compression: {logical:,} bytes stored as {stored:,} on disk"
+             f" (random media kept raw, text compressed); `zstd -d` restores any file")
 
 
 def run_demo(stack: str = "default", config: str | None = None, echo: Callable[[str], None] = print) -> None:
@@ -86,6 +120,8 @@ def run_demo(stack: str = "default", config: str | None = None, echo: Callable[[
             echo(f"7. refused {bad[:20]!r}: [{exc.code}] {exc.detail[:60]}")
         else:
             raise DemoFailure(f"bad path {bad[:20]!r} was accepted")
+
+    _tour_layers(fs, files, echo)
 
     digest = hashlib.blake2b(fs.cat_file(clip), digest_size=8).hexdigest()
     echo(f"done: the tour's files are in {stack}:/{DEMO_DIR} (clip digest {digest});"

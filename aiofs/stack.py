@@ -30,6 +30,8 @@ LAYER_TYPES: dict[str, str] = {
     "layer": "aiofs.layer:Layer",
     "compress": "aiofs.layers.compress:Compress",
     "encrypt": "aiofs.layers.encrypt:Encrypt",
+    "quota": "aiofs.layers.quota:Quota",
+    "validate": "aiofs.layers.validate:Validate",
 }
 
 BACKEND_TYPES: dict[str, str] = {

@@ -13,6 +13,10 @@ from types import ModuleType
 # name -> module; modules are imported only when listed or run.
 BENCHMARKS: dict[str, str] = {
     "layer-overhead": "benchmarks.layer_overhead",
+    "compress": "benchmarks.compress",
+    "encrypt": "benchmarks.encrypt",
+    "quota": "benchmarks.quota",
+    "mount": "benchmarks.mount",
 }
 
 

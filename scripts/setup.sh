@@ -7,10 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${1:-}"
 
-# Debian packages: grows as features land (fuse3 arrives with the FUSE mount).
+# Debian packages: grows as features land. The plain set-up needs none of them.
 DEBIAN_PACKAGES=()
 case ",$EXTRAS," in
-    *,dev,*|*,all,*) DEBIAN_PACKAGES+=(zstd) ;;  # tests check stored objects with `zstd -d`
+    # zstd: tests check stored objects with `zstd -d`; fuse3: `aiofs mount` (libfuse3 and
+    # fusermount3; tests mount for real)
+    *,dev,*|*,all,*) DEBIAN_PACKAGES+=(zstd fuse3) ;;
+    *,fuse,*) DEBIAN_PACKAGES+=(fuse3) ;;
 esac
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     DEBIAN_PACKAGES+=(python3-venv)

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from aiofs.cli import ProgressBar, cli
-from aiofs.stack import forget_open_stacks
+from aiofs.stack import open_stack
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def test_put_ls_cat_get_roundtrip(env, tmp_path):
     local = tmp_path / "report.txt"
     local.write_bytes(b"line one\nline two\n")
     run("put", str(local), "default:/reports/")
-    assert (env / "reports" / "report.txt").read_bytes() == local.read_bytes()
+    assert open_stack("default").cat_file("reports/report.txt") == local.read_bytes()
     assert run("ls", "default:/reports").output == "report.txt\n"
     listing = json.loads(run("ls", "--json", "default:/reports").output)
     assert listing == [{"name": "/reports/report.txt", "type": "file", "size": 18,
@@ -62,11 +62,11 @@ def test_recursive_put_get_tree_du(env, tmp_path):
 
 
 def test_cp_mv_rm_info(env):
-    (env / "d").mkdir(parents=True)
-    (env / "d" / "x.txt").write_bytes(b"xyz")
+    default = open_stack("default")
+    default.pipe_file("d/x.txt", b"xyz")
     run("cp", "default:/d/x.txt", "default:/d/y.txt")
     run("mv", "default:/d/y.txt", "default:/e/z.txt")
-    assert (env / "e" / "z.txt").read_bytes() == b"xyz"
+    assert default.cat_file("e/z.txt") == b"xyz"
     assert not (env / "d" / "y.txt").exists()
     info = json.loads(run("info", "--json", "default:/e/z.txt").output)
     assert info["size"] == 3 and info["type"] == "file" and info["name"] == "/e/z.txt"

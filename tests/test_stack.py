@@ -37,8 +37,8 @@ def config_file(tmp_path, storage):
 
 def test_default_stack_needs_no_config(storage):
     fs = open_stack("default")
-    assert isinstance(fs, LocalBackend)
-    assert fs.root == str(storage)
+    assert repr(fs) == f"Validate(Quota(Compress(Local('{storage}'))))"
+    assert fs.find_layer(LocalBackend).root == str(storage)
     assert open_stack("aiofs://default") is fs  # one instance per process
     assert aiofs.open_stack() is fs
 
@@ -97,7 +97,7 @@ def test_missing_explicit_config_is_an_error(tmp_path):
 def test_aiofs_urls_read_write_list(storage):
     with fsspec.open("aiofs://default/notes/a.txt", "wb") as f:
         f.write(b"hello")
-    assert (storage / "notes" / "a.txt").read_bytes() == b"hello"
+    assert open_stack("default").cat_file("notes/a.txt") == b"hello"
     fs = fsspec.filesystem("aiofs")
     assert isinstance(fs, AiofsFileSystem)
     assert fs.ls("aiofs://", detail=False) == ["default"]
@@ -131,8 +131,7 @@ def test_aiofs_filesystem_pickles(storage):
 
 def test_pandas_reads_aiofs_url_in_a_fresh_process(storage):
     """The fsspec.specs entry point registers aiofs:// for any process after install."""
-    (storage).mkdir(parents=True, exist_ok=True)
-    (storage / "a.csv").write_text("x,y\n1,2\n3,4\n")
+    open_stack("default").pipe_file("a.csv", b"x,y\n1,2\n3,4\n")
     code = "import pandas; print(pandas.read_csv('aiofs://default/a.csv')['y'].sum())"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=dict(os.environ), timeout=120)

@@ -11,6 +11,8 @@ import importlib
 _LAYERS = {
     "Compress": "aiofs.layers.compress",
     "Encrypt": "aiofs.layers.encrypt",
+    "Quota": "aiofs.layers.quota",
+    "Validate": "aiofs.layers.validate",
 }
 
 __all__ = sorted(_LAYERS)

@@ -1,0 +1,1179 @@
+"""``Quota``: storage limits enforced at write time, before data lands.
+
+``Quota(fs=target, max_bytes="5GB", max_file_size="100MB", max_files=None)``
+
+* **What it counts.** The bytes that pass through it: the sizes its target reports
+  (``info``/``find``), which are the logical sizes of the layer below. At the top of a stack
+  it limits logical bytes (what users see, ``df`` on the mount agrees with ``du``); placed
+  below a compressing or deduplicating layer (``Dedup(Compress(Quota(Local)))``) it limits
+  the bytes actually stored; there, pass ``count_internal=True`` so the layers' internal
+  data under ``.aiofs/`` (dedup packs, indexes) is counted too (by default internal data
+  passes uncounted). See ``docs/formats/quota.md``.
+* **Enforced before data lands.** A streaming write fails on the ``write()`` call that
+  carries the byte crossing a limit (``FILE_TOO_LARGE``, ``STORAGE_QUOTA_EXCEEDED``); the
+  target's half-written file is discarded, so nothing partial is stored on an atomic
+  target (LocalBackend, object stores). Writes of known size (``pipe_file``, ``pipe``,
+  ``put_file``, ``cp_file``) are checked before a byte is sent.
+* **Reservations.** Space is reserved in SQLite under ``BEGIN IMMEDIATE`` before a write
+  proceeds, so two processes writing at once cannot together pass the limit. A stream
+  reserves in growing chunks; a write of known size charges its size in one transaction and
+  is refunded if the target refuses it. Far from the limit, small writes of known size draw
+  on a per-process **lease** (a reservation of at most 64 MiB and 1/16 of the free space)
+  and are recorded in batches (:meth:`Quota.flush`, also at exit), so they cost no
+  transaction each; the lease is reserved space, so the limit holds across processes. A
+  bulk ``pipe`` of 64 files or more reserves its growth in one short transaction and
+  records its rows in a background thread while the caller goes on. Reservations carry the writer's pid, host and a
+  timestamp: those of a dead process, or older than ``reservation_ttl`` seconds, expire.
+  Overwrites credit the old size of the file; deletes and renames give space back.
+* **Persistence and reconciliation.** Usage lives in a SQLite database (WAL) in
+  ``state_dir`` (default: the user state dir, one file per target ``fsid``) or at
+  ``db_path``. At open, a missing or stale database (``recount_after`` seconds since the
+  last recount; always for an in-memory target) is rebuilt with one ``find`` of the target;
+  :meth:`Quota.recount` (``aiofs quota --recount``) does it on demand.
+* **Alerts.** ``thresholds`` (default 80 %, 90 %, 100 % of ``max_bytes``): each upward
+  crossing fires once (falling back below re-arms it), to the callbacks given to
+  :meth:`Quota.on_alert`, to the ``aiofs.quota`` logger (WARNING) and to the ``alerts``
+  table that :meth:`Quota.alerts` reads.
+* **statfs.** :meth:`Quota.statfs` gives total/used/free bytes and file counts for the mount.
+
+Sizes are numbers of bytes or strings such as ``"100MB"``, ``"5 GB"``, ``"1.5GiB"``
+(K/M/G/T are powers of 1024, with or without ``i``). ``max_bytes`` defaults to
+``$MAX_LOCAL_STORAGE_GB`` GiB, else 5 GiB; ``None`` means unlimited.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import posixpath
+import re
+import socket
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.spec import AbstractFileSystem
+
+from aiofs.errors import ConfigError, FileTooLarge, InvalidArgument, StorageQuotaExceeded
+from aiofs.layer import (
+    ATOMIC_WRITES, INTERNAL_DIR, Layer, describe, has_glob, internal_access, is_internal, refuse_internal_write,
+)
+
+__all__ = ["Quota", "parse_size", "DEFAULT_MAX_FILE_SIZE", "DEFAULT_THRESHOLDS"]
+
+log = logging.getLogger("aiofs.quota")
+
+FORMAT = "aiofs-quota"
+FORMAT_VERSION = 1
+APPLICATION_ID = 0x61667175  # "afqu": `PRAGMA application_id` of a quota database
+
+GIB = 1 << 30
+DEFAULT_MAX_FILE_SIZE = 100 << 20
+DEFAULT_MAX_GB = 5.0
+DEFAULT_THRESHOLDS = (0.8, 0.9, 1.0)
+# A stream keeps its first bytes in memory: a small file opened with open('wb') then costs
+# one transaction at close, like pipe_file, instead of a reservation and a commit.
+STREAM_BUFFER = 256 << 10
+MIN_RESERVATION = 4 << 20
+# Small writes of known size draw on a per-process lease (a reservation row) instead of a
+# transaction each; their rows are recorded in batches. A lease is at most LEASE_MAX and at
+# most 1/LEASE_SHARE of the free space, so near the limit every write is checked exactly.
+LEASE_PATH = "*lease*"
+BATCH_PATH = "*batch*"  # a bulk pipe's reservation until its rows are recorded
+BATCH_MIN_FILES = 64    # bulk pipes of at least this many files record their rows in the background
+_SPECIAL_PATHS = (LEASE_PATH, BATCH_PATH)
+LEASE_MAX = 64 << 20
+LEASE_MIN = 1 << 20
+LEASE_SHARE = 16
+LEASE_FLUSH_FILES = 256
+LEASE_FLUSH_SECONDS = 1.0
+_MISSING = object()
+_LIVE: list[weakref.ref] = []  # every Quota of this process, for the flush at exit
+
+
+@atexit.register
+def _settle_all() -> None:
+    for ref in list(_LIVE):
+        quota = ref()
+        if quota is not None:
+            with contextlib.suppress(Exception):
+                quota.flush()
+MAX_RESERVATION = 256 << 20
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS usage (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    used INTEGER NOT NULL,          -- sum of files.size
+    files INTEGER NOT NULL,         -- count of files rows
+    fired INTEGER NOT NULL,         -- bit i set: thresholds[i] crossed, not yet re-armed
+    reconciled_at REAL              -- unix time of the last recount, NULL: never
+);
+CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reservations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL,
+    bytes INTEGER NOT NULL,         -- bytes reserved (beyond the credited old size)
+    new_file INTEGER NOT NULL,      -- 1: the path holds no file yet (counts for max_files)
+    credit INTEGER NOT NULL,        -- old size of the path credited to this writer
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    threshold REAL NOT NULL,
+    crossed_at REAL NOT NULL,
+    used INTEGER NOT NULL,
+    max_bytes INTEGER NOT NULL,
+    path TEXT
+);
+"""
+
+
+_STATE_SQL = (
+    "SELECT used, files, fired, "
+    "(SELECT COALESCE(SUM(bytes), 0) FROM reservations), "
+    "(SELECT COALESCE(SUM(new_file), 0) FROM reservations) FROM usage"
+)
+
+
+def parse_size(value: Any, name: str = "size") -> int | None:
+    """Bytes from an int or a string such as ``"100MB"``; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InvalidArgument(f"{name} must be a size, got {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise InvalidArgument(f"{name} must not be negative, got {value!r}")
+        return int(value)
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match:
+            return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    raise InvalidArgument(f"{name}: cannot read {value!r} as a size (e.g. 100MB, 5GB, 1048576)")
+
+
+def default_max_bytes() -> int:
+    """``$MAX_LOCAL_STORAGE_GB`` GiB, else 5 GiB."""
+    raw = os.environ.get("MAX_LOCAL_STORAGE_GB")
+    try:
+        gb = float(raw) if raw else DEFAULT_MAX_GB
+    except ValueError:
+        raise ConfigError(f"environment variable MAX_LOCAL_STORAGE_GB={raw!r} is not a number") from None
+    return int(gb * GIB)
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "unlimited"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _target_id(fs: AbstractFileSystem) -> str:
+    try:
+        fsid = fs.fsid
+    except (NotImplementedError, AttributeError):
+        fsid = None
+    return str(fsid) if fsid else describe(fs)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _declared_atomic(fs) -> bool:
+    """True for targets that declare atomic writes (aiofs backends and layers over them):
+    a discarded write leaves nothing there, so the writer needs not know if the file existed.
+    """
+    declared = getattr(fs, "capabilities", None)
+    return isinstance(declared, frozenset) and ATOMIC_WRITES in declared
+
+
+_HOST = socket.gethostname()
+_PROBE = "/aiofs-probe/dir/file.txt"
+_UNCLEAN = re.compile(r"//|/\.\.?(?:/|$)|/$|\\|\x00|:")
+
+
+class Quota(Layer):
+    """Limits total bytes, file size and file count of writes through it (see module doc)."""
+
+    protocol = "aiofs-quota"
+
+    def __init__(
+        self,
+        fs: AbstractFileSystem | None = None,
+        target_protocol: str | None = None,
+        target_options: dict | None = None,
+        max_bytes: int | str | None = "default",
+        max_file_size: int | str | None = DEFAULT_MAX_FILE_SIZE,
+        max_files: int | None = None,
+        thresholds: Iterable[float] = DEFAULT_THRESHOLDS,
+        state_dir: str | None = None,
+        db_path: str | None = None,
+        recount_after: float | None = 86400.0,
+        reservation_ttl: float = 3600.0,
+        count_internal: bool = False,
+        **options: Any,
+    ):
+        super().__init__(fs=fs, target_protocol=target_protocol, target_options=target_options,
+                         **options)
+        self.max_bytes = default_max_bytes() if max_bytes == "default" else parse_size(max_bytes, "max_bytes")
+        self.max_file_size = parse_size(max_file_size, "max_file_size")
+        if max_files is not None and (not isinstance(max_files, int) or max_files < 0):
+            raise InvalidArgument(f"max_files must be a non-negative integer, got {max_files!r}")
+        self.max_files = max_files
+        self.thresholds = sorted(float(t) for t in thresholds)
+        if any(not 0 < t <= 10 for t in self.thresholds):
+            raise InvalidArgument(f"thresholds are fractions of max_bytes (0.8 = 80%), got {thresholds!r}")
+        self.reservation_ttl = float(reservation_ttl)
+        self.count_internal = bool(count_internal)
+        self.recount_after = recount_after
+        self.target_id = _target_id(self.fs)
+        try:  # targets that keep clean absolute paths as they are (local, memory)
+            self._fast_keys = self.fs._strip_protocol(_PROBE) == _PROBE
+        except Exception:
+            self._fast_keys = False
+        if db_path is None:
+            base = Path(state_dir).expanduser() if state_dir else (
+                Path(__import__("platformdirs").user_state_path("aiofs")) / "quota")
+            digest = hashlib.sha256(self.target_id.encode()).hexdigest()[:16]
+            slug = re.sub(r"[^A-Za-z0-9]+", "-", self.target_id).strip("-")[-40:]
+            db_path = str(base / f"{slug}-{digest}.db")
+        self.db_path = os.path.abspath(os.path.expanduser(db_path))
+        self._local = threading.local()
+        self._callbacks: list[Callable[[dict], None]] = []
+        self._lease_lock = threading.RLock()
+        self._lease_pid = None
+        self._reset_lease()
+        _LIVE[:] = [r for r in _LIVE if r() is not None]
+        _LIVE.append(weakref.ref(self))
+        created = self._init_db()
+        if self._needs_recount(created):
+            self.recount()
+
+    # -- database --------------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():
+            conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 60000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            # fewer, larger checkpoints (each one fsyncs the WAL and the database)
+            conn.execute("PRAGMA wal_autocheckpoint = 8192")
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    @contextlib.contextmanager
+    def _tx(self):
+        """A write transaction (``BEGIN IMMEDIATE``: one writer at a time, across processes)."""
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _init_db(self) -> bool:
+        os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
+        conn = self._db()
+        with self._tx():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            if not rows:
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+                conn.executemany("INSERT INTO meta VALUES (?, ?)", [
+                    ("format", FORMAT), ("version", str(FORMAT_VERSION)),
+                    ("target", self.target_id), ("created_at", repr(time.time())),
+                ])
+                conn.execute("INSERT INTO usage VALUES (1, 0, 0, 0, NULL)")
+                return True
+            if rows.get("format") != FORMAT or int(rows.get("version", 0)) > FORMAT_VERSION:
+                raise ConfigError(
+                    f"{self.db_path} is not an {FORMAT} database of version <= {FORMAT_VERSION} "
+                    f"(format={rows.get('format')!r}, version={rows.get('version')!r})")
+        return False
+
+    def _needs_recount(self, created: bool) -> bool:
+        if created:
+            return True
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        if "memory" in protocols:  # the store dies with the process, the database does not
+            return True
+        conn = self._db()
+        leases = conn.execute("SELECT pid FROM reservations WHERE path IN (?, ?) AND host = ?",
+                              (*_SPECIAL_PATHS, _HOST)).fetchall()
+        if any(not _pid_alive(pid) for (pid,) in leases):
+            return True  # a process died before recording what it wrote on its lease
+        (reconciled,) = conn.execute("SELECT reconciled_at FROM usage").fetchone()
+        if reconciled is None:
+            return True
+        if self.recount_after is None:
+            return False
+        return reconciled is None or time.time() - reconciled > self.recount_after
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def _key(self, path) -> str:
+        """The path as the target names it (the key of the ``files`` table)."""
+        if self._fast_keys and type(path) is str and path[:1] == "/" and not _UNCLEAN.search(path):
+            return path  # already canonical for this target: skip its (slow) normalisation
+        return self._strip_protocol(path)
+
+    @staticmethod
+    def _prefix_clause(key: str) -> tuple[str, tuple]:
+        """SQL matching ``key`` and everything below it (the whole table for the root)."""
+        if key.strip("/") == "":
+            return "1", ()
+        key = key.rstrip("/")
+        return "(path = ? OR (path > ? AND path < ?))", (key, key + "/", key + "0")
+
+    def _counted(self, path) -> bool:
+        """Whether writes to ``path`` are counted (internal data only with ``count_internal``)."""
+        return self.count_internal or not is_internal(path)
+
+    def _scan(self, path) -> dict[str, int]:
+        """Counted files (name -> size) at or below ``path`` on the target right now."""
+        if not self._counted(path):
+            return {}
+        with internal_access() if self.count_internal else contextlib.nullcontext():
+            try:
+                entry = self.fs.info(path)
+            except FileNotFoundError:
+                return {}
+            if entry.get("type") != "directory":
+                return {self._key(entry["name"]): int(entry.get("size") or 0)}
+            found = self.fs.find(path, detail=True)
+        return {self._key(name): int(e.get("size") or 0) for name, e in found.items()
+                if e.get("type") != "directory" and self._counted(name)}
+
+    # -- accounting primitives (each one transaction) ----------------------------------------
+
+    def _state(self, conn) -> tuple[int, int, int, int, int]:
+        """``(used, files, fired, reserved bytes, reserved new files)`` in one statement."""
+        return conn.execute(_STATE_SQL).fetchone()
+
+    def _expire_reservations(self, conn) -> int:
+        now = time.time()
+        dead = [(rid, path) for rid, path, pid, host, updated in conn.execute(
+                    "SELECT id, path, pid, host, updated_at FROM reservations")
+                if now - updated > self.reservation_ttl or (host == _HOST and not _pid_alive(pid))]
+        conn.executemany("DELETE FROM reservations WHERE id = ?", [(r,) for r, _ in dead])
+        if any(path in _SPECIAL_PATHS for _, path in dead):
+            # a process died holding a lease: files it wrote may be unrecorded -> recount
+            conn.execute("UPDATE usage SET reconciled_at = NULL")
+        return len(dead)
+
+    def _check(self, conn, path: str, delta: int, new_files: int) -> tuple[int, int]:
+        """Raise if ``delta`` more bytes and ``new_files`` more files do not fit.
+
+        Returns ``(used, fired)`` as read in this transaction.
+        """
+        for attempt in (0, 1):
+            used, files, fired, reserved, reserved_files = self._state(conn)
+            over_bytes = (self.max_bytes is not None and delta > 0
+                          and used + reserved + delta > self.max_bytes)
+            over_files = (self.max_files is not None and new_files > 0
+                          and files + reserved_files + new_files > self.max_files)
+            if not (over_bytes or over_files):
+                return used, fired
+            if attempt == 0 and not self._expire_reservations(conn):
+                break
+        if over_bytes:
+            free = max(0, self.max_bytes - used - reserved)
+            raise StorageQuotaExceeded(
+                f"storage quota exceeded: {_human(delta)} more would pass {_human(self.max_bytes)} "
+                f"({_human(used)} used, {_human(reserved)} reserved by writes in progress, "
+                f"{_human(free)} free)", path)
+        raise StorageQuotaExceeded(
+            f"file count quota exceeded: limit {self.max_files} files ({files} stored)", path)
+
+    def _set_file(self, conn, key: str, size: int | None, old: int | None) -> None:
+        """Record ``key`` with ``size`` (``None``: removed), replacing ``old``."""
+        if size is None:
+            if old is not None:
+                conn.execute("DELETE FROM files WHERE path = ?", (key,))
+                conn.execute("UPDATE usage SET used = used - ?, files = files - 1", (old,))
+            return
+        conn.execute("INSERT OR REPLACE INTO files VALUES (?, ?)", (key, size))
+        conn.execute("UPDATE usage SET used = used + ?, files = files + ?",
+                     (size - (old or 0), 0 if old is not None else 1))
+
+    def _old_size(self, conn, key: str) -> int | None:
+        row = conn.execute("SELECT size FROM files WHERE path = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _credit(self, conn, key: str, old: int | None) -> int:
+        """The old size a writer of ``key`` may count as given back (0 if another writes it)."""
+        if not old:
+            return 0
+        busy = conn.execute("SELECT 1 FROM reservations WHERE path = ? LIMIT 1", (key,)).fetchone()
+        return 0 if busy else old
+
+    def _alerts_in_tx(self, conn, path: str | None, used: int | None = None,
+                      fired: int | None = None) -> list[dict]:
+        """Record threshold crossings for the usage now (``used``/``fired`` if already known)."""
+        if self.max_bytes is None or not self.thresholds:
+            return []
+        if used is None or fired is None:
+            used, _, fired = conn.execute("SELECT used, files, fired FROM usage").fetchone()
+        events, mask = [], fired
+        for i, threshold in enumerate(self.thresholds):
+            crossed = used >= threshold * self.max_bytes if self.max_bytes else used > 0
+            bit = 1 << i
+            if crossed and not mask & bit:
+                mask |= bit
+                event = {"threshold": threshold, "crossed_at": time.time(), "used": used,
+                         "max_bytes": self.max_bytes, "path": path}
+                conn.execute(
+                    "INSERT INTO alerts (threshold, crossed_at, used, max_bytes, path) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (threshold, event["crossed_at"], used, self.max_bytes, path))
+                events.append(event)
+            elif not crossed and mask & bit:
+                mask &= ~bit
+        if mask != fired:
+            conn.execute("UPDATE usage SET fired = ?", (mask,))
+        return events
+
+    def _fire(self, events: list[dict]) -> None:
+        for event in events:
+            log.warning("storage quota: %.0f%% threshold crossed (%s of %s used, last write %s)",
+                        event["threshold"] * 100, _human(event["used"]),
+                        _human(event["max_bytes"]), event["path"])
+            for callback in list(self._callbacks):
+                try:
+                    callback(dict(event))
+                except Exception:  # a broken callback must not fail the write
+                    log.exception("quota alert callback %r failed", callback)
+
+    def _check_file_size(self, key: str, size: int) -> None:
+        if self.max_file_size is not None and size > self.max_file_size:
+            raise FileTooLarge(
+                f"file too large: {_human(size)} ({size} bytes) is over the "
+                f"{_human(self.max_file_size)} ({self.max_file_size} bytes) limit per file", key)
+
+    def _old_sizes(self, conn, keys: list[str]) -> dict[str, int]:
+        """Recorded sizes of those of ``keys`` that hold a file (one query per 500 keys).
+
+        A big batch first asks which of its directories hold any file at all: a bulk upload
+        into a new directory then costs one query instead of one per file.
+        """
+        if len(keys) == 1:
+            row = conn.execute("SELECT size FROM files WHERE path = ?", keys).fetchone()
+            return {} if row is None else {keys[0]: row[0]}
+        if len(keys) > 64:
+            dirs = {key.rpartition("/")[0] for key in keys}
+            hit = {d for d in dirs
+                   if conn.execute("SELECT 1 FROM files WHERE path > ? AND path < ? LIMIT 1",
+                                   (d + "/", d + "0")).fetchone()}
+            if not hit:
+                return {}
+            if len(hit) < len(dirs):
+                keys = [key for key in keys if key.rpartition("/")[0] in hit]
+        olds: dict[str, int] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            olds.update(conn.execute(f"SELECT path, size FROM files WHERE path IN ({marks})", chunk))
+        return olds
+
+    def _charge_tx(self, items: dict[str, int]) -> tuple[list[str], dict[str, int]]:
+        """Check and record files of known size in one transaction.
+
+        Returns what :meth:`_refund` needs: the keys and the old sizes of those that existed.
+        """
+        if not items:
+            return [], {}
+        if self.max_file_size is not None and max(items.values()) > self.max_file_size:
+            for key, size in items.items():
+                self._check_file_size(key, size)
+        keys = list(items)
+        first = keys[0]
+        with self._tx() as conn:
+            olds = self._old_sizes(conn, keys)
+            credit = sum(olds.values())
+            if olds and conn.execute("SELECT 1 FROM reservations LIMIT 1").fetchone():
+                busy = {row[0] for row in conn.execute("SELECT DISTINCT path FROM reservations")}
+                credit = sum(size for key, size in olds.items() if key not in busy)
+            total = sum(items.values())
+            new_files = len(keys) - len(olds)
+            used, fired = self._check(conn, first, total - credit, new_files)
+            if len(keys) == 1:
+                conn.execute("INSERT OR REPLACE INTO files VALUES (?, ?)", (first, total))
+            else:
+                conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?)", items.items())
+            change = total - sum(olds.values())
+            conn.execute("UPDATE usage SET used = used + ?, files = files + ?", (change, new_files))
+            events = self._alerts_in_tx(conn, first if len(keys) == 1 else None,
+                                        used + change, fired)
+        if events:
+            self._fire(events)
+        return keys, olds
+
+    def _refund_tx(self, charged: tuple[list[str], dict[str, int]]) -> None:
+        """Undo :meth:`_charge_tx` after the target refused the write."""
+        keys, olds = charged
+        with self._tx() as conn:
+            for key in keys:
+                self._set_file(conn, key, olds.get(key), self._old_size(conn, key))
+            self._alerts_in_tx(conn, None)
+
+    # -- the per-process lease (fast path for small writes of known size) ----------------------
+
+    def _reset_lease(self) -> None:
+        self._lease_pid = os.getpid()
+        self._lease_id: int | None = None
+        self._lease_left = 0
+        self._pending: dict[str, int] = {}
+        self._pending_since = 0.0
+        self._background: threading.Thread | None = None
+
+    def _own_lease(self) -> None:
+        if self._lease_pid != os.getpid():  # a forked child: the parent's lease is not ours
+            self._reset_lease()
+
+    def _write_pending(self, conn) -> int:
+        """Inside a transaction: record the pending files; returns the change of ``used``."""
+        if not self._pending:
+            return 0
+        items = self._pending
+        keys = list(items)
+        olds = self._old_sizes(conn, keys)
+        conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?)", items.items())
+        change = sum(items.values()) - sum(olds.values())
+        conn.execute("UPDATE usage SET used = used + ?, files = files + ?",
+                     (change, len(keys) - len(olds)))
+        return change
+
+    def _lease_tx(self, size: int | None) -> bool:
+        """Record pending files; then take a lease fit for ``size`` (``None``: give it up)."""
+        pending = dict(self._pending)
+        try:
+            with self._tx() as conn:
+                self._write_pending(conn)
+                self._pending = {}
+                used, _, fired, reserved, _ = self._state(conn)
+                own = 0
+                if self._lease_id is not None:
+                    row = conn.execute("SELECT bytes FROM reservations WHERE id = ?",
+                                       (self._lease_id,)).fetchone()
+                    own = row[0] if row else 0
+                want = 0
+                if size is not None:
+                    if self.max_bytes is None:
+                        want = LEASE_MAX
+                    else:
+                        free = self.max_bytes - used - (reserved - own)
+                        want = min(LEASE_MAX, free // LEASE_SHARE)
+                        if want < max(size, LEASE_MIN):
+                            want = 0
+                now = time.time()
+                if want and self._lease_id is not None:
+                    conn.execute("UPDATE reservations SET bytes = ?, updated_at = ? WHERE id = ?",
+                                 (want, now, self._lease_id))
+                elif want:
+                    self._lease_id = conn.execute(
+                        "INSERT INTO reservations (path, bytes, new_file, credit, pid, host, "
+                        "created_at, updated_at) VALUES (?, ?, 0, 0, ?, ?, ?, ?)",
+                        (LEASE_PATH, want, os.getpid(), _HOST, now, now)).lastrowid
+                elif self._lease_id is not None:
+                    conn.execute("DELETE FROM reservations WHERE id = ?", (self._lease_id,))
+                self._lease_left = want
+                events = self._alerts_in_tx(conn, None, None, None)
+        except BaseException:
+            self._pending = {**pending, **self._pending}
+            raise
+        if not want:
+            self._lease_id = None
+        self._pending_since = time.monotonic()
+        if events:
+            self._fire(events)
+        return bool(want)
+
+    def _flush_lease(self) -> None:
+        """Record pending files, keep the rest of the lease (its row shrinks to what is left)."""
+        pending = dict(self._pending)
+        try:
+            with self._tx() as conn:
+                self._write_pending(conn)
+                self._pending = {}
+                if self._lease_id is not None:
+                    conn.execute("UPDATE reservations SET bytes = ?, updated_at = ? WHERE id = ?",
+                                 (self._lease_left, time.time(), self._lease_id))
+                events = self._alerts_in_tx(conn, None)
+        except BaseException:
+            self._pending = {**pending, **self._pending}
+            raise
+        self._pending_since = time.monotonic()
+        if events:
+            self._fire(events)
+
+    def flush(self) -> None:
+        """Record the files this process wrote on its lease and give the lease back."""
+        with self._lease_lock:
+            self._own_lease()
+            background, self._background = self._background, None
+            if background is not None:
+                background.join()
+            if self._pending or self._lease_id is not None:
+                self._lease_tx(None)
+
+    _release_lease = flush
+
+    # -- bulk pipes: reserve, write, record the rows in the background ---------------------------
+
+    def _pipe_in_background(self, path: dict, items: dict[str, int], **kwargs):
+        """A big bulk pipe: one short transaction reserves the space, the target writes, and
+        a background thread records the rows (and drops the reservation) while the caller
+        goes on; every other quota call of this process waits for it first (:meth:`flush`).
+        """
+        if self.max_file_size is not None and max(items.values()) > self.max_file_size:
+            for key, size in items.items():
+                self._check_file_size(key, size)
+        self.flush()
+        keys = list(items)
+        total = sum(items.values())
+        with self._tx() as conn:
+            olds = self._old_sizes(conn, keys)
+            credit = sum(olds.values())
+            if olds and conn.execute("SELECT 1 FROM reservations LIMIT 1").fetchone():
+                busy = {row[0] for row in conn.execute("SELECT DISTINCT path FROM reservations")}
+                credit = sum(size for key, size in olds.items() if key not in busy)
+            self._check(conn, keys[0], total - credit, 0)
+            now = time.time()
+            rid = conn.execute(
+                "INSERT INTO reservations (path, bytes, new_file, credit, pid, host, created_at, "
+                "updated_at) VALUES (?, ?, 0, 0, ?, ?, ?, ?)",
+                (BATCH_PATH, max(0, total - credit), os.getpid(), _HOST, now, now)).lastrowid
+        try:
+            result = self.fs.pipe(path, **kwargs)
+        except BaseException:
+            with self._tx() as conn:
+                conn.execute("DELETE FROM reservations WHERE id = ?", (rid,))
+            self._resync(list(path))  # a bulk write may have landed in part
+            raise
+        thread = threading.Thread(target=self._record_batch, args=(items, rid),
+                                  name="aiofs-quota-batch")
+        with self._lease_lock:
+            self._own_lease()
+            self._background = thread
+        thread.start()
+        return result
+
+    def _record_batch(self, items: dict[str, int], rid: int) -> None:
+        try:
+            with self._tx() as conn:
+                olds = self._old_sizes(conn, list(items))
+                conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?)", items.items())
+                conn.execute("UPDATE usage SET used = used + ?, files = files + ?",
+                             (sum(items.values()) - sum(olds.values()), len(items) - len(olds)))
+                conn.execute("DELETE FROM reservations WHERE id = ?", (rid,))
+                events = self._alerts_in_tx(conn, None)
+            self._fire(events)
+        except Exception:  # the reservation stays (and expires): a recount repairs the books
+            log.exception("quota: recording a bulk write failed; run a recount")
+        finally:
+            conn = getattr(self._local, "conn", None)
+            if conn is not None:
+                conn.close()
+                self._local.conn = None
+
+    def _charge(self, items: dict[str, int]):
+        """Check and record writes of known size; returns a token for :meth:`_refund`."""
+        if len(items) == 1 and self.max_files is None:
+            ((key, size),) = items.items()
+            with self._lease_lock:
+                self._own_lease()
+                if size > self._lease_left:
+                    self._check_file_size(key, size)
+                    if not self._lease_tx(size):
+                        return ("tx", self._charge_tx(items))
+                elif self.max_file_size is not None and size > self.max_file_size:
+                    self._check_file_size(key, size)
+                self._lease_left -= size
+                previous = self._pending.get(key, _MISSING)
+                self._pending[key] = size
+                return ("lease", key, size, previous)
+        self.flush()
+        return ("tx", self._charge_tx(items))
+
+    def _written(self, token) -> None:
+        """The write charged with ``token`` landed: record the batch if it is due.
+
+        Never before the write lands, so a refund always finds its entry still pending.
+        """
+        if token[0] != "lease":
+            return
+        if (len(self._pending) >= LEASE_FLUSH_FILES
+                or time.monotonic() - self._pending_since > LEASE_FLUSH_SECONDS):
+            with self._lease_lock:
+                self._own_lease()
+                if self._pending:
+                    self._flush_lease()
+
+    def _refund(self, token) -> None:
+        """Undo :meth:`_charge` after the target refused the write."""
+        if token[0] == "tx":
+            return self._refund_tx(token[1])
+        _, key, size, previous = token
+        with self._lease_lock:
+            if self._lease_pid == os.getpid() and self._pending.get(key, _MISSING) == size:
+                if previous is _MISSING:
+                    del self._pending[key]
+                else:
+                    self._pending[key] = previous
+                self._lease_left += size
+                return
+        self.flush()
+        self._resync([key])  # already recorded: record what the target really holds
+
+    def _resync(self, paths: Iterable[str]) -> None:
+        """Re-read the target at and below each path and record exactly what is there."""
+        self.flush()
+        scans = {}
+        for path in paths:
+            key = self._key(path)
+            scans[key] = self._scan(path)
+        with self._tx() as conn:
+            for key, found in scans.items():
+                clause, args = self._prefix_clause(key)
+                old = conn.execute(
+                    f"SELECT COALESCE(SUM(size), 0), COUNT(*) FROM files WHERE {clause}", args
+                ).fetchone()
+                conn.execute(f"DELETE FROM files WHERE {clause}", args)
+                conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?)", found.items())
+                conn.execute("UPDATE usage SET used = used - ? + ?, files = files - ? + ?",
+                             (old[0], sum(found.values()), old[1], len(found)))
+            events = self._alerts_in_tx(conn, None)
+        self._fire(events)
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def recount(self) -> dict:
+        """Rebuild the usage from one ``find`` of the whole target (``aiofs quota --recount``)."""
+        self.flush()
+        found = self._scan(self.fs.root_marker)
+        with self._tx() as conn:
+            conn.execute("DELETE FROM files")
+            conn.executemany("INSERT INTO files VALUES (?, ?)", found.items())
+            conn.execute("UPDATE usage SET used = ?, files = ?, reconciled_at = ?",
+                         (sum(found.values()), len(found), time.time()))
+            self._expire_reservations(conn)
+            events = self._alerts_in_tx(conn, None)
+        self._fire(events)
+        return self.usage()
+
+    def usage(self) -> dict:
+        """Usage and limits: ``used``, ``reserved``, ``files``, ``free``, ``percent``..."""
+        self.flush()
+        conn = self._db()
+        conn.execute("BEGIN")
+        try:
+            used, files, fired, reserved, reserved_files = self._state(conn)
+            (reconciled,) = conn.execute("SELECT reconciled_at FROM usage").fetchone()
+        finally:
+            conn.execute("COMMIT")
+        free = None if self.max_bytes is None else max(0, self.max_bytes - used - reserved)
+        return {
+            "used": used, "reserved": reserved, "files": files, "reserved_files": reserved_files,
+            "max_bytes": self.max_bytes, "max_file_size": self.max_file_size,
+            "max_files": self.max_files, "free": free,
+            "percent": None if not self.max_bytes else 100.0 * used / self.max_bytes,
+            "thresholds": list(self.thresholds),
+            "thresholds_crossed": [t for i, t in enumerate(self.thresholds) if fired & (1 << i)],
+            "reconciled_at": reconciled, "db_path": self.db_path, "target": self.target_id,
+        }
+
+    def statfs(self) -> dict:
+        """Filesystem statistics for the mount (``df``): bytes and file counts."""
+        u = self.usage()
+        used = u["used"] + u["reserved"]
+        total = self.max_bytes if self.max_bytes is not None else max(used, 1 << 60)
+        files_total = self.max_files if self.max_files is not None else None
+        return {
+            "total": total, "used": used, "free": max(0, total - used),
+            "files": u["files"], "files_total": files_total,
+            "files_free": None if files_total is None else max(0, files_total - u["files"]),
+            "max_file_size": self.max_file_size,
+        }
+
+    def on_alert(self, callback: Callable[[dict], None]) -> Callable[[dict], None]:
+        """Call ``callback(event)`` when a threshold is crossed in this process."""
+        self._callbacks.append(callback)
+        return callback
+
+    def alerts(self, limit: int | None = None) -> list[dict]:
+        """Threshold crossings recorded by any process, newest first."""
+        self.flush()
+        sql = "SELECT id, threshold, crossed_at, used, max_bytes, path FROM alerts ORDER BY id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        keys = ("id", "threshold", "crossed_at", "used", "max_bytes", "path")
+        return [dict(zip(keys, row)) for row in self._db().execute(sql)]
+
+    def file_sizes(self) -> dict[str, int]:
+        """The per-file sizes the quota knows (what ``used`` sums)."""
+        self.flush()
+        return dict(self._db().execute("SELECT path, size FROM files"))
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
+        if "r" in mode and "+" not in mode:
+            return super()._open(path, mode=mode, block_size=block_size, autocommit=autocommit,
+                                 cache_options=cache_options, **kwargs)
+        refuse_internal_write(path)
+        if not self._counted(path):
+            return self.fs._open(path, mode=mode, block_size=block_size, autocommit=autocommit,
+                                 cache_options=cache_options, **kwargs)
+        key = self._key(path)
+        existed = _declared_atomic(self.fs) or self.fs.isfile(path)
+        initial = self.fs.size(path) if "a" in mode and existed else 0
+        target = self.fs._open(path, mode=mode, block_size=block_size, autocommit=autocommit,
+                               cache_options=cache_options, **kwargs)
+        return QuotaWriter(self, path, key, target, initial=initial, existed=existed)
+
+    def pipe_file(self, path, value, mode="overwrite", **kwargs):
+        refuse_internal_write(path)
+        if not self._counted(path):
+            return self.fs.pipe_file(path, value, mode=mode, **kwargs)
+        olds = self._charge({self._key(path): len(value)})
+        try:
+            result = self.fs.pipe_file(path, value, mode=mode, **kwargs)
+        except BaseException:
+            self._refund(olds)
+            raise
+        self._written(olds)
+        return result
+
+    def pipe(self, path, value=None, **kwargs):
+        if isinstance(path, str):
+            path = {path: value}
+        prefix = f"{self.protocol}://"
+        if any(isinstance(k, str) and k.startswith(prefix) for k in path):
+            path = {type(self)._strip_protocol(k) if isinstance(k, str) and k.startswith(prefix)
+                    else k: v for k, v in path.items()}
+        items = {}
+        fast, unclean = self._fast_keys, _UNCLEAN.search
+        for p, v in path.items():  # one pass: this runs for every file of a bulk write
+            if type(p) is not str or INTERNAL_DIR in p:
+                refuse_internal_write(p)
+                if not self._counted(p):
+                    continue
+            key = p if fast and type(p) is str and p[:1] == "/" and not unclean(p) else self._key(p)
+            items[key] = len(v)
+        if len(items) >= BATCH_MIN_FILES and len(items) == len(path) and self.max_files is None:
+            return self._pipe_in_background(path, items, **kwargs)
+        olds = self._charge(items)
+        try:
+            return self.fs.pipe(path, **kwargs)
+        except BaseException:
+            self._refund(olds)
+            self._resync(list(path))  # a bulk write may have landed in part
+            raise
+
+    def put_file(self, lpath, rpath, callback=fsspec.callbacks.DEFAULT_CALLBACK, mode="overwrite", **kwargs):
+        refuse_internal_write(rpath)
+        if os.path.isdir(lpath) or not self._counted(rpath):
+            return self.fs.put_file(lpath, rpath, callback=callback, mode=mode, **kwargs)
+        olds = self._charge({self._key(rpath): os.path.getsize(lpath)})
+        try:
+            result = self.fs.put_file(lpath, rpath, callback=callback, mode=mode, **kwargs)
+        except BaseException:
+            self._refund(olds)
+            raise
+        self._written(olds)
+        return result
+
+    def cp_file(self, path1, path2, **kwargs):
+        refuse_internal_write(path2)
+        entry = self.info(path1)
+        if entry.get("type") == "directory" or not self._counted(path2):
+            return self.fs.cp_file(path1, path2, **kwargs)
+        olds = self._charge({self._key(path2): int(entry.get("size") or 0)})
+        try:
+            result = self.fs.cp_file(path1, path2, **kwargs)
+        except BaseException:
+            self._refund(olds)
+            raise
+        self._written(olds)
+        return result
+
+    def touch(self, path, truncate=True, **kwargs):
+        refuse_internal_write(path)
+        if truncate or not self.fs.exists(path):
+            return self.pipe_file(path, b"")
+        return self.fs.touch(path, truncate=False, **kwargs)
+
+    # -- deletes and renames: give space back --------------------------------------------------
+
+    def rm_file(self, path):
+        super().rm_file(path)
+        self.flush()
+        key = self._key(path)
+        with self._tx() as conn:
+            self._set_file(conn, key, None, self._old_size(conn, key))
+            self._alerts_in_tx(conn, None)
+
+    def rm(self, path, recursive=False, maxdepth=None):
+        paths = path if isinstance(path, list) else [path]
+        touched = []
+        for p in paths:
+            p = self._strip_protocol(p)
+            touched.extend(self.expand_path(p) if has_glob(p) else [p])
+        try:
+            return super().rm(path, recursive=recursive, maxdepth=maxdepth)
+        finally:
+            self._resync(touched)
+
+    def mv(self, path1, path2, recursive=False, maxdepth=None, **kwargs):
+        if isinstance(path1, list) or has_glob(path1) or maxdepth is not None:
+            # copy + delete through this layer: both are accounted
+            return AbstractFileSystem.mv(self, path1, path2, recursive=recursive,
+                                         maxdepth=maxdepth, **kwargs)
+        src = self._strip_protocol(path1)
+        dest = self._strip_protocol(path2)
+        # A rename never adds bytes: no check, only the bookkeeping follows the files.
+        if self.fs.isdir(src):
+            touched = [src, dest]  # a directory: re-read both trees, whatever mv did
+        elif self.fs.isdir(dest):
+            touched = [src, posixpath.join(dest, posixpath.basename(src.rstrip("/")))]
+        else:
+            touched = [src, dest]
+        try:
+            return super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
+        finally:
+            self._resync(touched)
+
+
+class QuotaWriter(io.BufferedIOBase):
+    """A file being written through :class:`Quota`: counts bytes, reserves, fails early.
+
+    The first ``STREAM_BUFFER`` bytes stay in memory; a file that ends within them is
+    charged in one transaction at ``close`` (before its bytes are handed to the target).
+    Past that, space is reserved in growing chunks before bytes go down. A ``write`` that
+    would cross ``max_file_size`` or the quota raises before any of its bytes go down, and
+    the target file is discarded.
+    """
+
+    def __init__(self, quota: Quota, path: str, key: str, target, initial: int, existed: bool):
+        super().__init__()
+        self.quota, self.path, self.key, self.target = quota, path, key, target
+        self.initial = initial  # bytes already in the file (append mode)
+        self.existed = existed
+        self._pos = 0          # position relative to the start of our writes
+        self._size = 0         # bytes of the file beyond ``initial``
+        self._buffer: bytearray | None = bytearray()
+        self._reservation: int | None = None  # row id
+        self._reserved = 0     # bytes covered by the reservation (size, beyond the credit)
+        self._credit = 0
+        self._done = False
+
+    # -- io.BufferedIOBase ---------------------------------------------------------------------
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._unbuffer(self._size)
+        self._pos = self.target.seek(offset, whence) - self.initial
+        return self._pos
+
+    def write(self, data) -> int:
+        if self._done:
+            raise ValueError("I/O operation on closed file")
+        view = memoryview(data).cast("B")
+        n = len(view)
+        new_size = max(self._size, self._pos + n)
+        if new_size > self._size:
+            try:
+                self.quota._check_file_size(self.key, self.initial + new_size)
+                if self._buffer is not None and new_size <= STREAM_BUFFER and self._pos == self._size:
+                    self._buffer += view
+                    self._pos = self._size = new_size
+                    return n
+                self._unbuffer(new_size)
+                if new_size > self._reserved:
+                    self._grow(new_size)
+            except BaseException:
+                self.discard()
+                raise
+        self.target.write(view)
+        self._pos += n
+        self._size = new_size
+        return n
+
+    def flush(self) -> None:
+        if self._buffer is None and not self._done:
+            self.target.flush()
+
+    # -- reservations ------------------------------------------------------------------------
+
+    def _unbuffer(self, need: int) -> None:
+        """Leave buffered mode: reserve, then hand the buffered bytes to the target."""
+        if self._buffer is None:
+            return
+        self._grow(max(need, len(self._buffer)))
+        data, self._buffer = self._buffer, None
+        if data:
+            self.target.write(data)
+
+    def _grow(self, need: int) -> None:
+        q = self.quota
+        want = max(need, MIN_RESERVATION, min(2 * self._reserved, MAX_RESERVATION))
+        if q.max_file_size is not None:
+            want = min(want, max(need, q.max_file_size - self.initial))
+        now = time.time()
+        if self._reservation is None:
+            q.flush()
+        with q._tx() as conn:
+            if self._reservation is None:
+                old = q._old_size(conn, self.key)
+                self._credit = q._credit(conn, self.key, old) if not self.initial else 0
+                new_file = 0 if old is not None else 1
+                try:
+                    q._check(conn, self.key, want - self._credit, new_file)
+                except StorageQuotaExceeded:
+                    want = need
+                    q._check(conn, self.key, want - self._credit, new_file)
+                cursor = conn.execute(
+                    "INSERT INTO reservations (path, bytes, new_file, credit, pid, host, "
+                    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (self.key, max(0, want - self._credit), new_file, self._credit,
+                     os.getpid(), _HOST, now, now))
+                self._reservation = cursor.lastrowid
+            else:
+                conn.execute("UPDATE reservations SET bytes = 0 WHERE id = ?", (self._reservation,))
+                try:
+                    q._check(conn, self.key, want - self._credit, 0)
+                except StorageQuotaExceeded:
+                    want = need
+                    q._check(conn, self.key, want - self._credit, 0)
+                conn.execute("UPDATE reservations SET bytes = ?, updated_at = ? WHERE id = ?",
+                             (max(0, want - self._credit), now, self._reservation))
+        self._reserved = want
+
+    def _release(self) -> None:
+        if self._reservation is not None:
+            rid, self._reservation = self._reservation, None
+            with self.quota._tx() as conn:
+                conn.execute("DELETE FROM reservations WHERE id = ?", (rid,))
+
+    # -- end of the write -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._done:
+            return
+        q, total = self.quota, self.initial + self._size
+        if self._buffer is not None:  # small file: one charge, then the bytes go down
+            try:
+                olds = q._charge({self.key: total})
+            except BaseException:
+                self.discard()
+                raise
+            try:
+                if self._buffer:
+                    self.target.write(self._buffer)
+                self._buffer = None
+                self.target.close()
+            except BaseException:
+                self._done = True
+                q._refund(olds)
+                super().close()
+                raise
+            self._done = True
+            super().close()
+            q._written(olds)
+            return
+        self._done = True
+        try:
+            self.target.close()
+        except BaseException:
+            self._release()
+            super().close()
+            raise
+        with q._tx() as conn:
+            if self._reservation is not None:
+                conn.execute("DELETE FROM reservations WHERE id = ?", (self._reservation,))
+                self._reservation = None
+            q._set_file(conn, self.key, total, q._old_size(conn, self.key))
+            events = q._alerts_in_tx(conn, self.key)
+        q._fire(events)
+        super().close()
+
+    def discard(self) -> None:
+        """Abandon the write: the target drops its temporary data, the reservation goes."""
+        if self._done:
+            return
+        self._done = True
+        self._buffer = None
+        try:
+            discard = getattr(self.target, "discard", None)
+            if discard is not None:
+                discard()
+            else:
+                self.target.close()
+            if not self.existed:
+                # Targets that create the object at open (fsspec's memory filesystem) keep
+                # a partial file: remove it. Atomic targets have nothing there.
+                with contextlib.suppress(OSError):
+                    if self.quota.fs.isfile(self.path):
+                        self.quota.fs.rm_file(self.path)
+        finally:
+            self._release()
+            super().close()
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.discard()
+        else:
+            self.close()
+
+    def __del__(self):
+        # Never commit from the garbage collector: an unclosed writer is abandoned.
+        with contextlib.suppress(Exception):
+            if not self._done:
+                self.discard()

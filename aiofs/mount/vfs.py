@@ -1,0 +1,653 @@
+"""The mount's logic, independent of FUSE: open handles, write-back, caching policy.
+
+:class:`VFS` turns POSIX-style calls (paths like ``/a/b``, integer handles, byte offsets)
+into calls on any fsspec filesystem (the top of a stack). It knows no layer: quotas come
+through a duck-typed ``statfs()`` method somewhere down the ``.fs`` chain.
+
+* **Writes** go to a local temporary file per open *node* (one node per path, shared by every
+  handle open on that path, so two handles see each other's writes) and reach the stack on
+  ``flush`` (every ``close(2)``), ``fsync`` and ``release``: one ``put_file`` of the whole
+  file, which the stack writes atomically. A file opened for writing without ``O_TRUNC`` is
+  first copied from the stack into the temporary file (streamed: files of several GiB never
+  sit in memory).
+* **Reads** of a node with no pending writes go to the stack through one read handle per open
+  handle, with a read-ahead window that doubles on sequential reads (up to ``read_ahead``).
+* **Caches**: attributes and directory listings for ``attr_ttl`` / ``dir_ttl`` seconds,
+  invalidated explicitly by every change made through this VFS (path and parent).
+* **Errors** are raised as the stack raised them; ``aiofs.mount.fuse`` maps them to errno.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import stat
+import tempfile
+import threading
+import time
+from typing import Any
+
+from fsspec.spec import AbstractFileSystem
+
+__all__ = ["VFS", "FsError"]
+
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+BLOCK = 4096
+_COPY = 1 << 22
+
+
+class FsError(OSError):
+    """An error the VFS raises itself, carrying the errno to return."""
+
+    def __init__(self, code: int, path: str = ""):
+        super().__init__(code, os.strerror(code), path or None)
+
+
+def _parent(path: str) -> str:
+    return posixpath.dirname(path.rstrip("/")) or "/"
+
+
+def _mtime(entry: dict) -> float:
+    for key in ("mtime", "modified", "LastModified", "created"):
+        value = entry.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if hasattr(value, "timestamp"):
+            return value.timestamp()
+    return 0.0
+
+
+class Node:
+    """The open state of one path: the write-back temporary file, shared by its handles."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.lock = threading.RLock()
+        self.handles = 0
+        self.temp: Any = None          # an open binary temporary file once loaded
+        self.dirty = False
+        self.unlinked = False
+        self.mtime = time.time()
+
+    @property
+    def size(self) -> int:
+        return os.fstat(self.temp.fileno()).st_size
+
+
+class Handle:
+    """One open file descriptor of the kernel."""
+
+    def __init__(self, node: Node, flags: int):
+        self.node = node
+        self.flags = flags
+        self.reader: Any = None        # read handle on the stack, opened lazily
+        self.lock = threading.Lock()
+        self.buf = b""
+        self.buf_start = 0
+        self.window = 128 * 1024
+        self.next_offset = -1
+
+
+class VFS:
+    """POSIX-style operations over any fsspec filesystem ``fs``."""
+
+    def __init__(
+        self,
+        fs: AbstractFileSystem,
+        read_only: bool = False,
+        attr_ttl: float = 1.0,
+        dir_ttl: float = 1.0,
+        read_ahead: int = 8 << 20,
+        temp_dir: str | None = None,
+    ):
+        self.fs = fs
+        self.read_only = read_only
+        self.attr_ttl = attr_ttl
+        self.dir_ttl = dir_ttl
+        self.read_ahead = read_ahead
+        self.temp_dir = temp_dir
+        if temp_dir:
+            os.makedirs(temp_dir, exist_ok=True)
+        self._lock = threading.RLock()
+        self._nodes: dict[str, Node] = {}
+        self._handles: dict[int, Handle] = {}
+        self._next_fh = 1
+        self._attrs: dict[str, tuple[float, dict | None]] = {}
+        self._dirs: dict[str, tuple[float, dict[str, dict]]] = {}
+        # Bumped by every invalidation: a lookup that raced with a change is not cached.
+        self._generation = 0
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        self.started = time.time()
+
+    # -- paths and caches ----------------------------------------------------------------
+
+    def _stack_path(self, path: str) -> str:
+        path = "/" + path.strip("/")
+        return path
+
+    def invalidate(self, path: str) -> None:
+        """Forget cached attributes of ``path`` and the listing of its parent (and its own)."""
+        path = self._stack_path(path)
+        with self._lock:
+            self._generation += 1
+            self._attrs.pop(path, None)
+            self._dirs.pop(path, None)
+            self._dirs.pop(_parent(path), None)
+        try:
+            self.fs.invalidate_cache(path)
+            self.fs.invalidate_cache(_parent(path))
+        except Exception:  # noqa: BLE001 - a cache hint, never fatal
+            pass
+
+    def _invalidate_tree(self, path: str) -> None:
+        prefix = path.rstrip("/") + "/"
+        with self._lock:
+            self._generation += 1
+            for key in [k for k in self._attrs if k.startswith(prefix)]:
+                del self._attrs[key]
+            for key in [k for k in self._dirs if k.startswith(prefix)]:
+                del self._dirs[key]
+        self.invalidate(path)
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise FsError(errno.EROFS)
+
+    def _entry_attrs(self, entry: dict) -> dict:
+        is_dir = entry.get("type") == "directory"
+        size = 0 if is_dir else int(entry.get("size") or 0)
+        mtime = _mtime(entry) or self.started
+        return {
+            "st_mode": (stat.S_IFDIR | DIR_MODE) if is_dir else (stat.S_IFREG | FILE_MODE),
+            "st_nlink": 2 if is_dir else 1,
+            "st_size": size,
+            "st_blocks": (size + 511) // 512,
+            "st_blksize": 1 << 17,
+            "st_mtime": mtime, "st_ctime": mtime, "st_atime": mtime,
+            "st_uid": self.uid, "st_gid": self.gid,
+        }
+
+    def _lookup(self, path: str) -> dict | None:
+        """Attributes of ``path`` from the stack (cached); ``None`` when it does not exist."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._attrs.get(path)
+            if cached and cached[0] > now:
+                return cached[1]
+            parent_listing = self._dirs.get(_parent(path))
+            if parent_listing and parent_listing[0] > now and path != "/":
+                return parent_listing[1].get(posixpath.basename(path))
+            generation = self._generation
+        if path == "/":
+            attrs = self._entry_attrs({"type": "directory"})
+        else:
+            try:
+                attrs = self._entry_attrs(self.fs.info(path))
+            except FileNotFoundError:
+                attrs = None
+            except NotADirectoryError:
+                attrs = None
+        with self._lock:
+            if generation == self._generation:
+                self._attrs[path] = (time.monotonic() + self.attr_ttl, attrs)
+        return attrs
+
+    # -- metadata ------------------------------------------------------------------------
+
+    def getattr(self, path: str, fh: int | None = None) -> dict:
+        path = self._stack_path(path)
+        handle = self._handles.get(fh) if fh is not None else None
+        node = handle.node if handle is not None else self._nodes.get(path)
+        size = None
+        if node is not None and node.temp is not None:
+            with node.lock:  # a concurrent release may close the temporary file
+                if node.temp is not None:
+                    size = node.size
+        if size is not None:
+            return {
+                "st_mode": stat.S_IFREG | FILE_MODE, "st_nlink": 0 if node.unlinked else 1,
+                "st_size": size, "st_blocks": (size + 511) // 512, "st_blksize": 1 << 17,
+                "st_mtime": node.mtime, "st_ctime": node.mtime, "st_atime": node.mtime,
+                "st_uid": self.uid, "st_gid": self.gid,
+            }
+        attrs = self._lookup(path)
+        if attrs is None:
+            if node is not None:  # created, nothing written yet
+                return self._entry_attrs({"type": "file", "size": 0, "mtime": node.mtime})
+            raise FsError(errno.ENOENT, path)
+        return attrs
+
+    def readdir(self, path: str) -> list[tuple[str, dict]]:
+        path = self._stack_path(path)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._dirs.get(path)
+        if cached and cached[0] > now:
+            listing = cached[1]
+        else:
+            attrs = self._lookup(path)
+            if attrs is None:
+                raise FsError(errno.ENOENT, path)
+            if not stat.S_ISDIR(attrs["st_mode"]):
+                raise FsError(errno.ENOTDIR, path)
+            with self._lock:
+                generation = self._generation
+            listing = {}
+            for entry in self.fs.ls(path, detail=True):
+                name = posixpath.basename(entry["name"].rstrip("/"))
+                if name:
+                    listing[name] = self._entry_attrs(entry)
+            with self._lock:
+                if generation == self._generation:
+                    self._dirs[path] = (time.monotonic() + self.dir_ttl, listing)
+        result = dict(listing)
+        with self._lock:  # files created but not yet flushed are listed too
+            for node_path, node in self._nodes.items():
+                if _parent(node_path) == path and not node.unlinked:
+                    name = posixpath.basename(node_path)
+                    if name not in result:
+                        result[name] = self._entry_attrs({"type": "file", "size": 0})
+        return sorted(result.items())
+
+    def statfs(self) -> dict:
+        """``statvfs`` fields: a quota's figures if the stack has one, else the disk's."""
+        block = BLOCK
+        current: Any = self.fs
+        while current is not None:
+            method = getattr(current, "statfs", None)
+            if callable(method):
+                try:
+                    info = method()
+                except TypeError:
+                    info = None
+                if isinstance(info, dict) and "total" in info:
+                    total = int(info["total"])
+                    free = int(info.get("free") or 0)
+                    files_total = info.get("files_total")
+                    files_free = info.get("files_free")
+                    return {
+                        "f_bsize": block, "f_frsize": block,
+                        "f_blocks": total // block, "f_bfree": free // block,
+                        "f_bavail": free // block,
+                        "f_files": int(files_total) if files_total is not None else 1 << 32,
+                        "f_ffree": int(files_free) if files_free is not None else 1 << 31,
+                        "f_favail": int(files_free) if files_free is not None else 1 << 31,
+                        "f_namemax": 255,
+                    }
+            root = getattr(current, "root", None)
+            if isinstance(root, str) and os.path.isdir(root):
+                st = os.statvfs(root)
+                return {key: getattr(st, key) for key in (
+                    "f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
+                    "f_ffree", "f_favail")} | {"f_namemax": 255}
+            current = getattr(current, "fs", None)
+        return {"f_bsize": block, "f_frsize": block, "f_blocks": 1 << 28, "f_bfree": 1 << 28,
+                "f_bavail": 1 << 28, "f_files": 1 << 32, "f_ffree": 1 << 31,
+                "f_favail": 1 << 31, "f_namemax": 255}
+
+    # -- namespace changes -----------------------------------------------------------------
+
+    def mkdir(self, path: str, mode: int = DIR_MODE) -> None:
+        self._check_writable()
+        path = self._stack_path(path)
+        if self._lookup(path) is not None:
+            raise FsError(errno.EEXIST, path)
+        parent = self._lookup(_parent(path))
+        if parent is None:
+            raise FsError(errno.ENOENT, path)
+        if not stat.S_ISDIR(parent["st_mode"]):
+            raise FsError(errno.ENOTDIR, path)
+        try:
+            self.fs.mkdir(path, create_parents=False)
+        finally:
+            self.invalidate(path)
+
+    def rmdir(self, path: str) -> None:
+        self._check_writable()
+        path = self._stack_path(path)
+        attrs = self._lookup(path)
+        if attrs is None:
+            raise FsError(errno.ENOENT, path)
+        if not stat.S_ISDIR(attrs["st_mode"]):
+            raise FsError(errno.ENOTDIR, path)
+        if path == "/":
+            raise FsError(errno.EBUSY, path)
+        if self.readdir(path):
+            raise FsError(errno.ENOTEMPTY, path)
+        try:
+            self.fs.rmdir(path)
+        finally:
+            self._invalidate_tree(path)
+
+    def unlink(self, path: str) -> None:
+        self._check_writable()
+        path = self._stack_path(path)
+        with self._lock:
+            node = self._nodes.get(path)
+        if node is not None:
+            with node.lock:
+                if node.temp is None and self._lookup(path) is not None:
+                    self._load(node, truncate=False)  # open handles keep the content
+                node.unlinked = True
+                node.dirty = False
+            with self._lock:
+                self._nodes.pop(path, None)
+            attrs = self._lookup(path)
+            if attrs is None:
+                self.invalidate(path)
+                return
+        else:
+            attrs = self._lookup(path)
+            if attrs is None:
+                raise FsError(errno.ENOENT, path)
+        if stat.S_ISDIR(attrs["st_mode"]):
+            raise FsError(errno.EISDIR, path)
+        try:
+            self.fs.rm_file(path)
+        finally:
+            self.invalidate(path)
+
+    def rename(self, old: str, new: str) -> None:
+        self._check_writable()
+        old, new = self._stack_path(old), self._stack_path(new)
+        if old == new:
+            return
+        if new.startswith(old.rstrip("/") + "/"):
+            raise FsError(errno.EINVAL, new)
+        with self._lock:
+            node = self._nodes.get(old)
+        if node is not None:  # pending writes reach the stack under the old name first
+            with node.lock:
+                self._upload(node)
+        src = self._lookup(old)
+        if src is None:
+            raise FsError(errno.ENOENT, old)
+        dst = self._lookup(new)
+        src_dir = stat.S_ISDIR(src["st_mode"])
+        try:
+            if dst is not None:
+                dst_dir = stat.S_ISDIR(dst["st_mode"])
+                if dst_dir and not src_dir:
+                    raise FsError(errno.EISDIR, new)
+                if src_dir and not dst_dir:
+                    raise FsError(errno.ENOTDIR, new)
+                if dst_dir:
+                    if self.readdir(new):
+                        raise FsError(errno.ENOTEMPTY, new)
+                    self.fs.rmdir(new)
+                    self.invalidate(new)
+            parent = self._lookup(_parent(new))
+            if parent is None:
+                raise FsError(errno.ENOENT, new)
+            self.fs.mv(old, new, recursive=src_dir)
+        finally:
+            self._invalidate_tree(old)
+            self._invalidate_tree(new)
+        with self._lock:  # open handles follow the file
+            moved = {}
+            for path, open_node in list(self._nodes.items()):
+                if path == old or path.startswith(old.rstrip("/") + "/"):
+                    del self._nodes[path]
+                    open_node.path = new + path[len(old):]
+                    moved[open_node.path] = open_node
+            replaced = self._nodes.pop(new, None)
+            if replaced is not None:
+                replaced.unlinked = True
+                replaced.dirty = False
+            self._nodes.update(moved)
+
+    def chmod(self, path: str, mode: int) -> None:
+        """Accepted and ignored: files are always 0644 and directories 0755."""
+        if self.getattr(path) is None:
+            raise FsError(errno.ENOENT, path)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        """Accepted and ignored: everything belongs to the mounting user."""
+        self.getattr(path)
+
+    def utimens(self, path: str, times=None) -> None:
+        """Accepted; times are not stored (the stack keeps its own modification times)."""
+        self.getattr(path)
+
+    # -- open files ------------------------------------------------------------------------
+
+    def _node(self, path: str) -> Node:
+        with self._lock:
+            node = self._nodes.get(path)
+            if node is None:
+                node = self._nodes[path] = Node(path)
+            node.handles += 1
+            return node
+
+    def _new_handle(self, node: Node, flags: int) -> int:
+        with self._lock:
+            fh = self._next_fh
+            self._next_fh += 1
+            self._handles[fh] = Handle(node, flags)
+            return fh
+
+    def _temp(self):
+        return tempfile.TemporaryFile(dir=self.temp_dir, prefix="aiofs-mount-")
+
+    def _load(self, node: Node, truncate: bool) -> None:
+        """Give ``node`` its temporary file: empty, or a streamed copy of the stack's file."""
+        if node.temp is not None:
+            return
+        temp = self._temp()
+        try:
+            if not truncate:
+                try:
+                    with self.fs.open(node.path, "rb") as src:  # streamed, never all in memory
+                        while block := src.read(_COPY):
+                            temp.write(block)
+                except FileNotFoundError:
+                    pass
+                temp.flush()
+        except BaseException:
+            temp.close()
+            raise
+        node.temp = temp
+
+    def create(self, path: str, mode: int = FILE_MODE, flags: int = os.O_WRONLY) -> int:
+        self._check_writable()
+        path = self._stack_path(path)
+        parent = self._lookup(_parent(path))
+        if parent is None:
+            raise FsError(errno.ENOENT, path)
+        if not stat.S_ISDIR(parent["st_mode"]):
+            raise FsError(errno.ENOTDIR, path)
+        node = self._node(path)
+        try:
+            with node.lock:
+                if node.temp is None:
+                    self._load(node, truncate=True)
+                else:
+                    node.temp.truncate(0)
+                node.dirty = True  # the (empty) file reaches the stack on flush/close
+                node.mtime = time.time()
+        except BaseException:
+            self._drop_node_ref(node)
+            raise
+        return self._new_handle(node, flags)
+
+    def open(self, path: str, flags: int) -> int:
+        path = self._stack_path(path)
+        writing = flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC)
+        if writing:
+            self._check_writable()
+        attrs = None
+        with self._lock:
+            known = path in self._nodes
+        if not known:
+            attrs = self._lookup(path)
+            if attrs is None:
+                raise FsError(errno.ENOENT, path)
+            if stat.S_ISDIR(attrs["st_mode"]):
+                raise FsError(errno.EISDIR, path)
+        node = self._node(path)
+        try:
+            if flags & os.O_TRUNC and flags & (os.O_WRONLY | os.O_RDWR):
+                with node.lock:
+                    if node.temp is None:
+                        self._load(node, truncate=True)
+                    else:
+                        node.temp.truncate(0)
+                    node.dirty = True
+                    node.mtime = time.time()
+        except BaseException:
+            self._drop_node_ref(node)
+            raise
+        return self._new_handle(node, flags)
+
+    def _handle(self, fh: int) -> Handle:
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise FsError(errno.EBADF) from None
+
+    def read(self, fh: int, size: int, offset: int) -> bytes:
+        handle = self._handle(fh)
+        node = handle.node
+        if node.temp is not None:
+            with node.lock:
+                if node.temp is not None:
+                    return os.pread(node.temp.fileno(), size, offset)
+        with handle.lock:
+            buf_end = handle.buf_start + len(handle.buf)
+            if handle.buf_start <= offset and offset + size <= buf_end:
+                start = offset - handle.buf_start
+                return handle.buf[start:start + size]
+            if handle.reader is None:
+                handle.reader = self.fs.open(node.path, "rb")
+            if offset == handle.next_offset:
+                handle.window = min(handle.window * 2, self.read_ahead)
+            else:
+                handle.window = 128 * 1024
+            want = max(size, handle.window)
+            handle.reader.seek(offset)
+            data = handle.reader.read(want)
+            handle.buf, handle.buf_start = data, offset
+            handle.next_offset = offset + len(data)
+            return data[:size]
+
+    def write(self, fh: int, data: bytes, offset: int) -> int:
+        self._check_writable()
+        handle = self._handle(fh)
+        node = handle.node
+        with node.lock:
+            if node.temp is None:
+                self._load(node, truncate=False)
+            if handle.flags & os.O_APPEND:
+                offset = node.size
+            written = os.pwrite(node.temp.fileno(), data, offset)
+            node.dirty = True
+            node.mtime = time.time()
+        return written
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+        self._check_writable()
+        if fh is not None and fh in self._handles:
+            node = self._handles[fh].node
+            with node.lock:
+                if node.temp is None:
+                    self._load(node, truncate=length == 0)
+                node.temp.truncate(length)
+                node.dirty = True
+                node.mtime = time.time()
+            return
+        path = self._stack_path(path)
+        attrs = self._lookup(path)
+        with self._lock:
+            open_node = self._nodes.get(path)
+        if attrs is None and open_node is None:
+            raise FsError(errno.ENOENT, path)
+        if attrs is not None and stat.S_ISDIR(attrs["st_mode"]):
+            raise FsError(errno.EISDIR, path)
+        node = self._node(path)
+        try:
+            with node.lock:
+                if node.temp is None:
+                    self._load(node, truncate=length == 0)
+                node.temp.truncate(length)
+                node.dirty = True
+                node.mtime = time.time()
+                self._upload(node)
+        finally:
+            self._drop_node_ref(node)
+
+    def _upload(self, node: Node) -> None:
+        """Write a dirty node's temporary file to the stack (the caller holds ``node.lock``)."""
+        if not node.dirty or node.temp is None or node.unlinked:
+            return
+        node.temp.flush()
+        name = f"/proc/self/fd/{node.temp.fileno()}"
+        try:
+            self.fs.put_file(name, node.path)
+        finally:
+            self.invalidate(node.path)
+        node.dirty = False
+
+    def flush(self, fh: int) -> None:
+        node = self._handle(fh).node
+        with node.lock:
+            self._upload(node)
+
+    def fsync(self, fh: int, datasync: bool = False) -> None:
+        self.flush(fh)
+
+    def release(self, fh: int) -> None:
+        with self._lock:
+            handle = self._handles.pop(fh, None)
+        if handle is None:
+            return
+        if handle.reader is not None:
+            try:
+                handle.reader.close()
+            except Exception:  # noqa: BLE001
+                pass
+        node = handle.node
+        try:
+            with node.lock:
+                self._upload(node)
+        finally:
+            self._drop_node_ref(node)
+
+    def _drop_node_ref(self, node: Node) -> None:
+        with self._lock:
+            node.handles -= 1
+            if node.handles > 0:
+                return
+            if self._nodes.get(node.path) is node:
+                del self._nodes[node.path]
+        with node.lock:
+            if node.temp is not None:
+                node.temp.close()
+                node.temp = None
+
+    def flush_all(self) -> list[tuple[str, BaseException]]:
+        """Write every dirty open file to the stack (unmount, signals); returns failures."""
+        failures = []
+        with self._lock:
+            nodes = list(self._nodes.values())
+        for node in nodes:
+            try:
+                with node.lock:
+                    self._upload(node)
+            except Exception as exc:  # noqa: BLE001 - report, keep flushing the others
+                failures.append((node.path, exc))
+        return failures
+
+    def close(self) -> list[tuple[str, BaseException]]:
+        """Flush everything and drop all handles."""
+        failures = self.flush_all()
+        with self._lock:
+            handles = list(self._handles)
+        for fh in handles:
+            try:
+                self.release(fh)
+            except Exception as exc:  # noqa: BLE001
+                failures.append((str(fh), exc))
+        return failures

@@ -1,0 +1,271 @@
+"""``quota``: what write-time quota enforcement costs over LocalBackend.
+
+Contenders, all on the same local disk, durable writes (fsync) for all:
+
+* ``local``: ``aiofs.LocalBackend`` alone;
+* ``quota``: ``Quota(LocalBackend)`` with limits far above the data (so every write is
+  checked, reserved and recorded in SQLite, and none is refused);
+* ``vq``: ``Validate(Quota(LocalBackend))``, the top of the recommended default stack
+  (magic-byte check of each file's first 8 KiB, then the quota).
+
+Target (from the issue): Quota(LocalBackend) write throughput >= 0.95x LocalBackend, i.e.
+quota / local time <= 1.053, on every non-informational row. Write rows are timed until
+durable: each run ends with ``os.sync()``, so the quota's SQLite commits pay their share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import posixpath
+import time
+
+from benchmarks.harness import (
+    KIB, MIB, Contender, Ratio, Report, Row, emit, environment, measure, mixed_blocks,
+    remove_tree, scratch_dir, small_files, sync,
+)
+
+NAME = "quota"
+SUMMARY = "Quota(LocalBackend) and Validate(Quota(LocalBackend)) write throughput vs LocalBackend"
+
+TARGET = 1 / 0.95  # time ratio: throughput at least 0.95x
+KEYS = ("local", "quota", "vq")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Command-line options (defaults are the issue's sizes)."""
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks {NAME}", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=512, help="large file size (MiB)")
+    parser.add_argument("--files", type=int, default=10_000, help="number of small files")
+    parser.add_argument("--file-kib", type=int, default=4, help="small file size (KiB)")
+    parser.add_argument("--reps", type=int, default=9,
+                        help="runs per contender on the large and bulk rows (best reported)")
+    parser.add_argument("--round-files", type=int, default=250,
+                        help="per-file rows: files per timed round (FILES / ROUND_FILES rounds)")
+    parser.add_argument("--dir", default=None,
+                        help="parent directory for the scratch data (default: system temp)")
+    parser.add_argument("--quick", action="store_true",
+                        help="64 MiB, 1,000 files, 2 runs: a smoke test, not a measurement")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size_mib, args.files, args.reps, args.round_files = 64, 1_000, 2, 100
+    return args
+
+
+def make_filesystems(base: str) -> dict:
+    """One stack per contender over the same store directory (separate instances)."""
+    from aiofs import LocalBackend
+    from aiofs.layers import Quota, Validate
+
+    def quota():
+        return Quota(fs=LocalBackend(f"{base}/store", skip_instance_cache=True),
+                     db_path=f"{base}/state/quota.db", max_bytes="1TB", max_file_size="10GB")
+
+    return {
+        "local": LocalBackend(f"{base}/store", skip_instance_cache=True),
+        "quota": quota(),
+        "vq": Validate(fs=quota()),
+    }
+
+
+def run(args: argparse.Namespace) -> Report:
+    """Build the data, time every row, and return the report."""
+    large_size = args.size_mib * MIB
+    file_size = args.file_kib * KIB
+    started = time.perf_counter()
+    report = Report(
+        name=NAME,
+        title=(f"{NAME}: Quota(LocalBackend) vs LocalBackend, {args.size_mib} MiB file and "
+               f"{args.files:,} x {args.file_kib} KiB files; timed until durable"),
+        contenders=[
+            Contender("local", "LocalBackend", "aiofs.LocalBackend (atomic, fsync per write)"),
+            Contender("quota", "Quota(\nLocalBackend)",
+                      "aiofs.layers.Quota(fs=LocalBackend(root)), SQLite state in WAL mode"),
+            Contender("vq", "Validate(Quota(\nLocalBackend))",
+                      "aiofs.layers.Validate over Quota over LocalBackend"),
+        ],
+        ratios=[
+            Ratio("quota", "local", "Quota /\nLocalBackend", TARGET),
+            Ratio("vq", "local", "Validate+Quota /\nLocalBackend"),
+        ],
+        parameters={
+            "large_file_bytes": large_size, "small_files": args.files,
+            "small_file_bytes": file_size, "reps": args.reps, "round_files": args.round_files,
+            "data": "mixed set: 1 MiB blocks alternating seeded random bytes and text-like lines",
+            "quota_limits": {"max_bytes": "1TB", "max_file_size": "10GB"},
+        },
+        environment=environment(),
+        notes=[
+            "Every WRITE run ends with os.sync(): the quota's SQLite commits (WAL, "
+            "synchronous=NORMAL) are inside the timing. LocalBackend fsyncs each file "
+            "(temp + fsync + rename + dir fsync); bulk pipe group-commits with one syncfs, and "
+            "the quota charges a whole bulk pipe in one transaction.",
+            "Each small-file run writes into a fresh directory, a sibling of every other "
+            "contender's under the store root; nothing is deleted until the write rows are "
+            "over (ext4 is slow to create files just after mass deletes). The large file has "
+            "one name for every contender, removed before each run by the stack that wrote it "
+            "(ext4 places files by directory: per-contender directories measured placement).",
+            f"Figures: best of {args.reps} runs after one untimed warm-up (large and bulk rows). "
+            f"Per-file rows: each contender writes all {args.files:,} files, as "
+            f"{max(1, args.files // args.round_files)} timed rounds of {args.round_files:,} "
+            f"files each into a fresh directory (contenders alternate every round, so a burst "
+            f"of disk latency from another process hits one round, not one contender); the "
+            f"best round is reported. "
+            "Contenders alternate order between runs. "
+            "Ratios divide best times (lower is better); the target 1.053 is 0.95x throughput. "
+            "MB = 10^6 bytes.",
+        ],
+    )
+    base = scratch_dir(args.dir, prefix="aiofs-bench-quota-")
+    print(f"{NAME}: scratch data in {base}", flush=True)
+    try:
+        _run_rows(report, base, args, large_size, file_size)
+    finally:
+        remove_tree(base)
+        sync()
+    report.elapsed = time.perf_counter() - started
+    report.environment["loadavg_at_end"] = os.getloadavg()
+    start_load = report.environment["loadavg_at_start"][0]
+    report.notes.append(
+        f"Total benchmark time {report.elapsed:.0f} s; 1-minute load average {start_load:.1f} "
+        f"at start, {report.environment['loadavg_at_end'][0]:.1f} at end on "
+        f"{os.cpu_count()} CPUs (other processes share this machine).")
+    return report
+
+
+def _run_rows(report: Report, base: str, args, large_size: int, file_size: int) -> None:
+    os.makedirs(f"{base}/store")
+    fss = make_filesystems(base)
+    blocks = list(mixed_blocks(large_size))
+    files = small_files(args.files, file_size)
+    names = list(files)
+
+    # -- large sequential write ------------------------------------------------------------
+    # Every contender writes the same name (deleted before each run by the stack that wrote
+    # it, so the quota's books stay exact): where ext4 places a file depends on its
+    # directory, and per-contender directories measured placement, not the layers.
+    last_writer: list[str] = []
+
+    def large_write(key):
+        fs = fss[key]
+
+        def go():
+            with fs.open("/large.bin", "wb") as f:
+                for block in blocks:
+                    f.write(block)
+            sync()
+            last_writer[:] = [key]
+        return go
+
+    def large_setup(key):
+        if last_writer:
+            fss[last_writer[0]].rm_file("/large.bin")  # the quota gives its bytes back
+            last_writer.clear()
+        sync()
+
+    report.add(Row(
+        f"large sequential write ({args.size_mib} MiB, 1 MiB writes)",
+        measure({k: large_write(k) for k in KEYS}, args.reps, large_setup, warmup=1),
+        nbytes=large_size, note="fs.open('wb') + write(1 MiB) + sync",
+    ))
+    assert os.path.getsize(f"{base}/store/large.bin") == large_size
+    large_setup(None)
+
+    # -- small files -------------------------------------------------------------------------
+    run_count = {key: 0 for key in KEYS}
+    batches: dict[str, dict[str, bytes]] = {}
+    current: dict[str, str] = {}
+
+    round_names = names[:args.round_files]
+    written_total = {key: 0 for key in KEYS}
+
+    runs = [0]
+
+    def setup_for(subset):
+        def small_setup(key):
+            run_count[key] += 1
+            runs[0] += 1  # sibling directories for everyone (see the large row)
+            directory = f"/small-{runs[0]:03d}-{key}"
+            os.makedirs(f"{base}/store{directory}")
+            current[key] = directory
+            batches[key] = {f"{directory}/{n}": files[n] for n in subset}
+            written_total[key] += len(subset)
+            sync()
+        return small_setup
+
+    small_setup = setup_for(names)
+    round_setup = setup_for(round_names)
+
+    def check(keys, expected=names):
+        for key in keys:
+            written = sorted(os.listdir(f"{base}/store{current[key]}"))
+            assert written == expected, f"{key} wrote {len(written)} files"
+
+    def small_pipe(key):
+        fs = fss[key]
+
+        def go():
+            fs.pipe(batches[key])
+            sync()
+        return go
+
+    report.add(Row(
+        f"small-file write ({args.files:,} x {args.file_kib} KiB, bulk pipe)",
+        measure({k: small_pipe(k) for k in KEYS}, args.reps, small_setup, warmup=1),
+        nbytes=args.files * file_size, ops=args.files, ops_unit="files",
+        note="fs.pipe({path: data}) + sync",
+    ))
+    check(KEYS)
+
+    def small_pipe_file(key):
+        fs = fss[key]
+
+        def go():
+            for path, data in batches[key].items():
+                fs.pipe_file(path, data)
+            sync()
+        return go
+
+    rounds = max(1, args.files // args.round_files)
+    report.add(Row(
+        f"small-file write ({rounds * len(round_names):,} x {args.file_kib} KiB, one pipe_file "
+        f"per file, rounds of {len(round_names):,})",
+        measure({k: small_pipe_file(k) for k in KEYS}, rounds, round_setup),
+        nbytes=len(round_names) * file_size, ops=len(round_names), ops_unit="files",
+        note="fs.pipe_file(path, data) in a loop + sync; best round",
+    ))
+    check(KEYS, round_names)
+
+    def small_open(key):
+        fs = fss[key]
+
+        def go():
+            for path, data in batches[key].items():
+                with fs.open(path, "wb") as f:
+                    f.write(data)
+            sync()
+        return go
+
+    report.add(Row(
+        f"small-file write ({rounds * len(round_names):,} x {args.file_kib} KiB, open('wb') per "
+        f"file, rounds of {len(round_names):,})",
+        measure({k: small_open(k) for k in KEYS}, rounds, round_setup),
+        nbytes=len(round_names) * file_size, ops=len(round_names), ops_unit="files",
+        note="with fs.open(path, 'wb') as f: f.write(data), in a loop + sync; best round",
+    ))
+    check(KEYS, round_names)
+
+    # the quota's books balance after all of this
+    quota = fss["quota"]
+    fss["vq"].fs.flush()  # the other instance records the files written on its lease
+    usage = quota.usage()
+    stored = sum(e["size"] for name, e in quota.fs.find("", detail=True).items()
+                 if e["type"] == "file" and not posixpath.dirname(name).endswith("-local"))
+    assert usage["used"] == stored and usage["reserved"] == 0, (usage, stored)
+    report.parameters["quota_files_recorded_at_end"] = usage["files"]
+
+
+def main(argv: list[str]) -> int:
+    """Run the benchmark, print the table and write ``benchmarks/results/quota.json``."""
+    return emit(run(parse_args(argv)))

@@ -1,0 +1,559 @@
+"""Quota: the shipped suites, a model that knows the limits, boundaries, processes, alerts."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import multiprocessing
+import os
+import pickle
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import fsspec
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+
+from aiofs import LocalBackend
+from aiofs.cli import cli
+from aiofs.errors import FileTooLarge, InvalidArgument, StorageQuotaExceeded
+from aiofs.layers import Quota
+from aiofs.layers.quota import STREAM_BUFFER, parse_size
+from aiofs.testing.abstract import FsspecAbstractSuite
+from aiofs.testing.conformance import ConformanceSuite
+from aiofs.testing.faults import FaultInjectingFileSystem
+from aiofs.testing.stateful import run_stateful
+from conftest import drop_memory_root, new_memory_root, snapshot_tree
+
+BIG = dict(max_bytes="1GB", max_file_size="100MB")
+
+
+def quota_over_local(tmp_path, **limits):
+    options = {**BIG, **limits}
+    return Quota(fs=LocalBackend(str(tmp_path / "store"), fsync=False),
+                 db_path=str(tmp_path / "state" / "quota.db"), **options)
+
+
+def stored_sizes(q: Quota) -> dict[str, int]:
+    """What the target really holds (files only)."""
+    found = q.fs.find(q.fs.root_marker, detail=True)
+    return {k: v["size"] for k, v in found.items() if v["type"] == "file"}
+
+
+def assert_consistent(q: Quota) -> None:
+    sizes = stored_sizes(q)
+    usage = q.usage()
+    assert usage["used"] == sum(sizes.values()), (usage, sizes)
+    assert usage["files"] == len(sizes)
+    assert q.file_sizes() == sizes
+
+
+# -- the shipped suites ----------------------------------------------------------------------
+
+
+class TestQuotaOverLocalAbstract(FsspecAbstractSuite):
+    def make_fs(self, tmp_path):
+        return quota_over_local(tmp_path), "/data"
+
+
+class TestQuotaOverLocalConformance(ConformanceSuite):
+    def make_fs(self, tmp_path):
+        return quota_over_local(tmp_path), ""
+
+
+class MemoryCleanup:
+    def cleanup_fs(self, fs, root):
+        drop_memory_root(root)
+
+
+def quota_over_memory(tmp_path):
+    q = Quota(fs=fsspec.filesystem("memory"), db_path=str(tmp_path / "mem-quota.db"), **BIG)
+    return q, new_memory_root()
+
+
+class TestQuotaOverMemoryAbstract(MemoryCleanup, FsspecAbstractSuite):
+    def make_fs(self, tmp_path):
+        return quota_over_memory(tmp_path)
+
+
+class TestQuotaOverMemoryConformance(MemoryCleanup, ConformanceSuite):
+    def make_fs(self, tmp_path):
+        return quota_over_memory(tmp_path)
+
+
+def test_quota_over_local_stateful_model(tmp_path):
+    q = quota_over_local(tmp_path)
+    counter = itertools.count()
+
+    def factory():
+        # every example starts after the previous one's teardown: the books must balance
+        assert q.usage()["used"] == sum(stored_sizes(q).values())
+        return q, f"run{next(counter)}"
+
+    assert run_stateful(factory, max_examples=500) >= 500
+    assert_consistent(q)
+
+
+# -- a model that knows the limits ------------------------------------------------------------
+
+MAX_BYTES, MAX_FILE, MAX_FILES = 12_000, 5_000, 4
+NAMES = ("a", "b", "c", "d", "e", "sub/f")
+
+
+class LimitModel(RuleBasedStateMachine):
+    """Random writes, overwrites, deletes and renames near the limits; usage stays exact."""
+
+    tmp = None
+
+    def __init__(self):
+        super().__init__()
+        n = next(LimitModel.counter)
+        self.q = Quota(fs=LocalBackend(str(self.tmp / f"store{n}"), fsync=False),
+                       db_path=str(self.tmp / f"q{n}.db"), max_bytes=MAX_BYTES,
+                       max_file_size=MAX_FILE, max_files=MAX_FILES, thresholds=[])
+        self.files: dict[str, int] = {}
+
+    def expected_error(self, changes: dict[str, int]):
+        if any(size > MAX_FILE for size in changes.values()):
+            return FileTooLarge
+        after = {**self.files, **changes}
+        if sum(after.values()) > MAX_BYTES and sum(after.values()) > sum(self.files.values()):
+            return StorageQuotaExceeded
+        if len(after) > MAX_FILES and len(after) > len(self.files):
+            return StorageQuotaExceeded
+        return None
+
+    def attempt(self, changes: dict[str, int], action) -> None:
+        error = self.expected_error(changes)
+        before = stored_sizes(self.q)
+        if error is None:
+            action()
+            self.files.update(changes)
+        else:
+            with pytest.raises(error):
+                action()
+            assert stored_sizes(self.q) == before, "a refused write changed the store"
+
+    @rule(name=st.sampled_from(NAMES), size=st.integers(0, 6000), how=st.sampled_from(["pipe", "open", "chunks"]))
+    def write(self, name, size, how):
+        data = os.urandom(size)
+
+        def action():
+            if how == "pipe":
+                self.q.pipe_file(name, data)
+            else:
+                step = size if how == "open" else 700
+                with self.q.open(name, "wb") as f:
+                    for i in range(0, max(size, 1), max(step, 1)):
+                        f.write(data[i:i + step])
+
+        self.attempt({f"/{name}": size}, action)
+
+    @rule(items=st.dictionaries(st.sampled_from(NAMES), st.integers(0, 4000), min_size=2, max_size=3))
+    def write_many(self, items):
+        data = {n: b"x" * s for n, s in items.items()}
+        self.attempt({f"/{n}": s for n, s in items.items()}, lambda: self.q.pipe(data))
+
+    @precondition(lambda self: self.files)
+    @rule(choice=st.data())
+    def delete(self, choice):
+        name = choice.draw(st.sampled_from(sorted(self.files)))
+        self.q.rm(name) if len(name) % 2 else self.q.rm_file(name)
+        del self.files[name]
+
+    @precondition(lambda self: self.files)
+    @rule(choice=st.data(), dest=st.sampled_from(NAMES))
+    def rename(self, choice, dest):
+        src = choice.draw(st.sampled_from(sorted(self.files)))
+        if src == f"/{dest}":
+            return
+        self.q.mv(src, dest)
+        self.files[f"/{dest}"] = self.files.pop(src)
+
+    @precondition(lambda self: self.files)
+    @rule(choice=st.data(), dest=st.sampled_from(NAMES))
+    def copy(self, choice, dest):
+        src = choice.draw(st.sampled_from(sorted(self.files)))
+        self.attempt({f"/{dest}": self.files[src]}, lambda: self.q.cp_file(src, dest))
+
+    @invariant()
+    def usage_is_exact(self):
+        assert stored_sizes(self.q) == self.files
+        usage = self.q.usage()
+        assert usage["used"] == sum(self.files.values()) <= MAX_BYTES
+        assert usage["files"] == len(self.files) <= MAX_FILES
+        assert usage["reserved"] == 0
+
+
+def test_limit_model(tmp_path):
+    LimitModel.tmp = tmp_path
+    LimitModel.counter = itertools.count()
+    run_state_machine_as_test(LimitModel, settings=settings(
+        max_examples=60, stateful_step_count=15, deadline=None))
+
+
+# -- boundaries ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["pipe_file", "open", "open_chunks", "put_file", "cp_file", "pipe"])
+def test_max_file_size_boundary(tmp_path, how):
+    limit = STREAM_BUFFER + 4096 + 7  # streamed writes pass the in-memory buffer
+    q = quota_over_local(tmp_path, max_file_size=limit)
+    source = tmp_path / "source.bin"
+
+    def write(name, size):
+        data = os.urandom(size)
+        if how == "pipe_file":
+            q.pipe_file(name, data)
+        elif how == "pipe":
+            q.pipe({name: data, "other.bin": b"small"})
+        elif how in ("open", "open_chunks"):
+            step = size if how == "open" else 4096
+            with q.open(name, "wb") as f:
+                for i in range(0, size, step):
+                    f.write(data[i:i + step])
+        elif how == "put_file":
+            source.write_bytes(data)
+            q.put_file(str(source), name)
+        else:
+            with q.fs.open("/staging.bin", "wb") as f:  # bypasses the quota: a file stored earlier
+                f.write(data)
+            q.recount()
+            q.cp_file("staging.bin", name)
+            q.rm_file("staging.bin")
+
+    write("exact.bin", limit)
+    assert q.info("exact.bin")["size"] == limit
+    before = snapshot_tree(tmp_path / "store")
+    with pytest.raises(FileTooLarge) as info:
+        write("over.bin", limit + 1)
+    assert info.value.code == "FILE_TOO_LARGE" and "over.bin" in str(info.value)
+    after = snapshot_tree(tmp_path / "store")
+    if how == "cp_file":
+        assert after.pop("staging.bin") and q.rm_file("staging.bin") is None
+    assert after == before, "something of the refused file was stored"
+    assert_consistent(q)
+
+
+def test_stream_fails_at_the_crossing_write(tmp_path):
+    q = quota_over_local(tmp_path, max_bytes=10 << 20, max_file_size=None)
+    q.pipe_file("existing.bin", b"e" * (6 << 20))
+    chunk = 1 << 20
+    written = 0
+    with pytest.raises(StorageQuotaExceeded):
+        with q.open("big.bin", "wb") as f:
+            while True:
+                f.write(b"z" * chunk)
+                written += chunk
+    assert written == 4 << 20  # the fifth MiB crosses 10 MiB: refused, nothing of it kept
+    assert sorted(snapshot_tree(tmp_path / "store")) == ["existing.bin"]
+    assert q.usage()["reserved"] == 0
+    assert_consistent(q)
+    with q.open("fits.bin", "wb") as f:  # the freed reservation is usable again
+        f.write(b"z" * (4 << 20))
+    assert q.usage()["used"] == 10 << 20
+
+
+def test_quota_boundary_exactly_full(tmp_path):
+    q = quota_over_local(tmp_path, max_bytes=1000, max_file_size=None)
+    q.pipe_file("a", b"a" * 600)
+    with pytest.raises(StorageQuotaExceeded):
+        q.pipe_file("b", b"b" * 401)
+    q.pipe_file("b", b"b" * 400)  # exactly full is allowed
+    assert q.statfs() == {"total": 1000, "used": 1000, "free": 0, "files": 2,
+                          "files_total": None, "files_free": None, "max_file_size": None}
+    q.pipe_file("a", b"a" * 500)  # overwrites give space back
+    q.pipe_file("c", b"c" * 100)
+    with pytest.raises(StorageQuotaExceeded):
+        q.pipe_file("c", b"c" * 101)
+    assert q.cat_file("c") == b"c" * 100  # the refused overwrite kept the old content
+    q.rm("a")
+    assert q.usage()["used"] == 500
+    q.mv("b", "d/b")
+    q.rm("d", recursive=True)
+    assert q.usage()["used"] == 100
+    assert_consistent(q)
+
+
+def test_max_files(tmp_path):
+    q = quota_over_local(tmp_path, max_files=2)
+    q.pipe_file("a", b"1")
+    q.pipe_file("b", b"2")
+    q.pipe_file("a", b"overwrite is not a new file")
+    with pytest.raises(StorageQuotaExceeded, match="file count"):
+        q.pipe_file("c", b"3")
+    with pytest.raises(StorageQuotaExceeded):
+        with q.open("c", "wb") as f:
+            f.write(b"x" * (STREAM_BUFFER + 1))
+    assert not q.exists("c")
+    q.rm_file("b")
+    q.touch("c")
+    assert q.usage()["files"] == 2
+
+
+# -- two processes racing -------------------------------------------------------------------
+
+
+def _race_worker(q_bytes, worker, barrier, results):
+    q = pickle.loads(q_bytes)
+    barrier.wait()
+    stored = 0
+    for i in range(200):
+        try:
+            if i % 2:
+                q.pipe_file(f"w{worker}/p{i}", b"p" * 30_000)
+            else:
+                with q.open(f"w{worker}/s{i}", "wb") as f:
+                    for _ in range(5):
+                        f.write(b"s" * 70_000)  # 350 kB: past the buffer, reserves
+            stored += 1
+        except StorageQuotaExceeded:
+            pass
+    results.put((worker, stored))
+
+
+@pytest.mark.parametrize("limit", [5_000_000, 40_000_000])  # the larger one uses leases first
+def test_two_processes_racing_never_exceed_the_quota(tmp_path, limit):
+    q = quota_over_local(tmp_path, max_bytes=limit, max_file_size=None)
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_race_worker, args=(pickle.dumps(q), n, barrier, results))
+             for n in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    stored = dict(results.get(timeout=5) for _ in procs)
+    assert all(count > 0 for count in stored.values()), stored  # both really competed
+    sizes = stored_sizes(q)
+    assert sum(sizes.values()) <= limit
+    assert limit - sum(sizes.values()) < 350_000  # and the quota was really filled
+    assert_consistent(q)
+
+
+def test_crashed_writer_reservation_expires(tmp_path):
+    q = quota_over_local(tmp_path, max_bytes=8 << 20, max_file_size=None)
+    script = textwrap.dedent("""
+        import os, pickle, sys
+        q = pickle.loads(sys.stdin.buffer.read())
+        f = q.open("crashed.bin", "wb")
+        f.write(b"c" * (6 << 20))   # reserves ~6 MiB
+        os._exit(0)                 # dies without closing
+    """)
+    subprocess.run([sys.executable, "-c", script], input=pickle.dumps(q), check=True, timeout=60)
+    assert q.usage()["reserved"] >= 6 << 20
+    q.pipe_file("after.bin", b"a" * (5 << 20))  # fits once the dead writer's reservation goes
+    assert q.usage()["reserved"] == 0
+    assert not q.exists("crashed.bin")
+    assert_consistent(q)
+
+
+def test_small_writes_use_a_lease_and_a_crash_is_recounted(tmp_path):
+    q = quota_over_local(tmp_path)
+    for i in range(10):
+        q.pipe_file(f"lease/{i}", b"l" * 1000)
+    conn = sqlite3.connect(q.db_path)
+    # the writes drew on one lease: not recorded yet, but the space is reserved
+    assert conn.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 0
+    assert conn.execute("SELECT bytes FROM reservations WHERE path = '*lease*'").fetchone()[0] >= 1 << 20
+    other = quota_over_local(tmp_path)  # another process's view: the lease counts as reserved
+    assert other.usage()["reserved"] >= 1 << 20
+    q.flush()
+    assert conn.execute("SELECT COUNT(*), SUM(size) FROM files").fetchone() == (10, 10_000)
+    assert conn.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0
+    script = textwrap.dedent("""
+        import os, pickle, sys
+        q = pickle.loads(sys.stdin.buffer.read())
+        for i in range(5):
+            q.pipe_file(f"crash/{i}", b"c" * 100)
+        os._exit(0)   # dies without recording its lease
+    """)
+    subprocess.run([sys.executable, "-c", script], input=pickle.dumps(q), check=True, timeout=60)
+    assert q.usage()["used"] == 10_000  # the dead process's files are not recorded yet
+    reopened = quota_over_local(tmp_path)  # a dead lease at open: recount
+    assert reopened.usage()["used"] == 10_500 and reopened.usage()["reserved"] == 0
+    assert_consistent(reopened)
+
+
+def test_big_bulk_pipe_is_recorded_in_the_background(tmp_path):
+    q = quota_over_local(tmp_path, max_bytes=1_000_000, max_file_size=10_000)
+    q.pipe({f"bulk/{i}": b"b" * 1000 for i in range(100)})
+    assert q.usage()["used"] == 100_000 and q.usage()["reserved"] == 0
+    q.pipe({f"bulk/{i}": b"b" * 500 for i in range(100)})  # overwrites give back
+    assert q.usage()["used"] == 50_000
+    with pytest.raises(StorageQuotaExceeded):
+        q.pipe({f"more/{i}": b"m" * 9_600 for i in range(100)})
+    with pytest.raises(FileTooLarge):
+        q.pipe({f"big/{i}": b"m" * (10_000 + i) for i in range(100)})
+    assert not q.exists("more") and not q.exists("big")
+    assert_consistent(q)
+
+
+@pytest.mark.parametrize("seed", [7, 11, 23])
+def test_failing_target_refunds_every_write(tmp_path, seed):
+    flaky = FaultInjectingFileSystem(fs=LocalBackend(str(tmp_path / "store"), fsync=False),
+                                     failure_rate=0.3, seed=seed,
+                                     operations=["pipe_file", "pipe", "cp_file", "rm_file", "rm",
+                                                 "open", "write", "put_file", "mv"])
+    # (reads pass: after a failed write the quota re-reads the target; an unreachable target
+    # leaves the books to the next recount)
+    q = Quota(fs=flaky, db_path=str(tmp_path / "q.db"), max_bytes=200_000, max_file_size=None)
+    failures = 0
+    for i in range(300):
+        name = f"d{i % 4}/f{i % 17}"
+        try:
+            if i % 5 == 0:
+                q.pipe({f"bulk{i % 3}/{n}": b"b" * (i % 50) for n in range(70)})
+            elif i % 5 == 1:
+                with q.open(name, "wb") as f:
+                    f.write(b"s" * (STREAM_BUFFER + i))
+            elif i % 5 == 2 and q.fs.fs.exists(name):
+                q.rm(name)
+            else:
+                q.pipe_file(name, b"p" * (i * 37 % 5000))
+        except (ConnectionError, TimeoutError):
+            failures += 1
+        except StorageQuotaExceeded:
+            pass
+    assert failures > 30 and flaky.failures >= failures
+    flaky.plug()
+    flaky.failure_rate = 0.0
+    usage = q.usage()
+    assert usage["reserved"] == 0 and usage["used"] <= 200_000
+    sizes = {k: v["size"] for k, v in q.fs.fs.find("", detail=True).items()}
+    assert usage["used"] == sum(sizes.values()) and q.file_sizes() == sizes
+
+
+# -- persistence and reconciliation -----------------------------------------------------------
+
+
+def test_usage_persists_across_instances_and_recount(tmp_path):
+    q = quota_over_local(tmp_path)
+    q.pipe({"a": b"a" * 10, "d/b": b"b" * 20})
+    again = quota_over_local(tmp_path)
+    assert again.usage()["used"] == 30
+    # a file that arrived behind the quota's back is found by a recount
+    (tmp_path / "store" / "outside.bin").write_bytes(b"o" * 70)
+    assert again.usage()["used"] == 30
+    assert again.recount()["used"] == 100
+    # a stale database is recounted at open
+    (tmp_path / "store" / "outside2.bin").write_bytes(b"o" * 100)
+    stale = quota_over_local(tmp_path, recount_after=0)
+    assert stale.usage()["used"] == 200
+    assert_consistent(stale)
+
+
+def test_default_state_dir_is_keyed_by_target(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAX_LOCAL_STORAGE_GB", "0.5")
+    a = Quota(fs=LocalBackend(str(tmp_path / "a")), state_dir=str(tmp_path / "st"))
+    b = Quota(fs=LocalBackend(str(tmp_path / "b")), state_dir=str(tmp_path / "st"))
+    assert a.db_path != b.db_path and os.path.dirname(a.db_path) == str(tmp_path / "st")
+    assert a.max_bytes == 1 << 29 and a.max_file_size == 100 << 20
+    assert Quota(fs=LocalBackend(str(tmp_path / "a")), state_dir=str(tmp_path / "st")).db_path == a.db_path
+
+
+def test_database_format(tmp_path):
+    q = quota_over_local(tmp_path)
+    q.pipe_file("a", b"abc")
+    q.flush()  # small writes are recorded in batches (see the lease test)
+    conn = sqlite3.connect(q.db_path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == 0x61667175
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    meta = dict(conn.execute("SELECT key, value FROM meta"))
+    assert meta["format"] == "aiofs-quota" and meta["version"] == "1"
+    assert conn.execute("SELECT used, files FROM usage").fetchone() == (3, 1)
+    assert conn.execute("SELECT path, size FROM files").fetchall() == [("/a", 3)]
+
+
+def test_pickle_and_repr(tmp_path):
+    q = quota_over_local(tmp_path)
+    clone = pickle.loads(pickle.dumps(q))
+    assert repr(clone) == repr(q) == f"Quota(Local({str(tmp_path / 'store')!r}))"
+    clone.pipe_file("x", b"12345")
+    assert q.usage()["used"] + q.usage()["reserved"] >= 5  # on the clone's lease
+    clone.flush()
+    assert q.usage()["used"] == 5
+
+
+# -- alerts ----------------------------------------------------------------------------------
+
+
+def test_alerts_fire_once_per_crossing(tmp_path, caplog):
+    q = quota_over_local(tmp_path, max_bytes=1000, max_file_size=None)
+    seen = []
+    q.on_alert(seen.append)
+    caplog.set_level(logging.WARNING, logger="aiofs.quota")
+    q.pipe_file("a", b"x" * 790)
+    assert seen == []
+    q.pipe_file("b", b"x" * 10)          # 800: 80 %
+    q.pipe_file("c", b"x" * 50)          # 850: nothing new
+    assert [e["threshold"] for e in seen] == [0.8]
+    q.pipe_file("d", b"x" * 150)         # 1000: 90 % and 100 % at once
+    assert [e["threshold"] for e in seen] == [0.8, 0.9, 1.0]
+    q.rm(["c", "d"])                     # 800: below 90 %, re-armed
+    q.pipe_file("e", b"x" * 100)         # 900: 90 % again
+    assert [e["threshold"] for e in seen] == [0.8, 0.9, 1.0, 0.9]
+    assert [e["threshold"] for e in q.alerts()] == [0.9, 1.0, 0.9, 0.8]  # newest first
+    assert q.alerts()[0]["used"] == 900 and q.alerts()[0]["path"] == "/e"
+    assert sum("threshold crossed" in r.getMessage() for r in caplog.records) == 4
+    assert q.usage()["thresholds_crossed"] == [0.8, 0.9]
+    # another instance (process) sees the events and does not fire them again
+    other = quota_over_local(tmp_path, max_bytes=1000, max_file_size=None)
+    other.pipe_file("f", b"x" * 10)
+    assert len(other.alerts()) == 4
+
+
+def test_broken_callback_does_not_fail_writes(tmp_path):
+    q = quota_over_local(tmp_path, max_bytes=100, max_file_size=None)
+    q.on_alert(lambda event: 1 / 0)
+    q.pipe_file("a", b"x" * 100)
+    assert q.cat_file("a") == b"x" * 100
+
+
+# -- options and CLI ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("100MB", 100 << 20), ("5 GB", 5 << 30), ("1.5GiB", 3 << 29), ("4096", 4096), (12, 12),
+    ("10k", 10240), (None, None),
+])
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("bad", ["lots", "-1", -1, "5 XB", True])
+def test_bad_options(tmp_path, bad):
+    with pytest.raises(InvalidArgument):
+        quota_over_local(tmp_path, max_file_size=bad)
+
+
+def test_cli_quota(tmp_path, isolated_storage):
+    from click.testing import CliRunner
+
+    config = tmp_path / "config.toml"
+    config.write_text(textwrap.dedent(f"""
+        [stacks.q]
+        layers = [{{ type = "quota", max_bytes = "1MB", db_path = "{tmp_path / 'q.db'}" }}]
+        backend = {{ type = "local", root = "{tmp_path / 'qstore'}" }}
+        [stacks.plain]
+        backend = {{ type = "local", root = "{tmp_path / 'plain'}" }}
+    """))
+    (tmp_path / "qstore").mkdir()
+    (tmp_path / "qstore" / "a.bin").write_bytes(b"x" * 900_000)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--config", str(config), "quota", "q", "--recount", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["usage"]["used"] == 900_000 and data["statfs"]["total"] == 1 << 20
+    assert [a["threshold"] for a in data["alerts"]] == [0.8]
+    result = runner.invoke(cli, ["--config", str(config), "quota", "q"])
+    assert result.exit_code == 0 and "of 1.0 MiB" in result.output and "80%" in result.output
+    result = runner.invoke(cli, ["--config", str(config), "quota", "plain"])
+    assert result.exit_code == 1 and "no quota layer" in result.output
