@@ -21,7 +21,7 @@ import fsspec
 from fsspec.callbacks import Callback
 
 from aiofs.config import load_config
-from aiofs.errors import AiofsError, InvalidArgument, code_for
+from aiofs.errors import AiofsError, BackendUnavailable, InvalidArgument, code_for
 from aiofs.stack import open_stack, split_target
 
 # A transfer shows a progress bar once it has run this long (seconds) on a terminal.
@@ -550,8 +550,9 @@ def mount(ctx, stack, mountpoint, foreground, read_only, allow_other, attr_timeo
                     child.terminate()
                 log.seek(0)
                 detail = log.read().decode(errors="replace").strip().splitlines()
-                raise OSError(f"mount failed: {detail[-1] if detail else 'no output'}")
-            time.sleep(0.05)
+                raise BackendUnavailable(f"mount failed: {detail[-1] if detail else 'no output'}",
+                                         mountpoint)
+            time.sleep(0.05)  # poll until the kernel shows the mount (bounded by the deadline)
     click.echo(f"mounted {name} at {mountpoint} (pid {child.pid}); unmount with: "
                f"aiofs unmount {mountpoint}")
 

@@ -141,6 +141,22 @@ def describe(fs: AbstractFileSystem) -> str:
     return f"{name}()"
 
 
+def target_identity(fs: AbstractFileSystem) -> str:
+    """A stable identity of a filesystem, for state kept about it (size caches, quota DBs).
+
+    Its ``fsid`` where it has one (fsspec's default raises ``NotImplementedError``), else
+    its class and storage options, which is what fsspec itself uses to tell instances apart.
+    """
+    try:
+        fsid = fs.fsid
+    except (NotImplementedError, AttributeError):
+        fsid = None
+    if fsid:
+        return str(fsid)
+    options = sorted((str(k), repr(v)) for k, v in (getattr(fs, "storage_options", None) or {}).items())
+    return f"{type(fs).__module__}.{type(fs).__qualname__}:{options}"
+
+
 def find_layer(fs: AbstractFileSystem, cls: type[L]) -> L | None:
     """The first filesystem of class ``cls`` in the stack, top down; ``None`` if absent."""
     current: Any = fs

@@ -62,7 +62,7 @@ def _wait_mounted(path: str, process: subprocess.Popen, what: str) -> None:
     while not _is_mounted(path):
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{what} did not mount at {path}")
-        time.sleep(0.05)
+        time.sleep(0.05)  # poll for the mount, bounded by the deadline above
 
 
 def _unmount(path: str, process: subprocess.Popen | None) -> None:
@@ -159,7 +159,7 @@ def _wait_backing(mounts: Mounts, key: str, sizes: dict[str, int]) -> None:
         if pending:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"rclone did not upload {len(pending)} files")
-            time.sleep(0.005)
+            time.sleep(0.005)  # poll the backing dir for rclone's uploads, bounded by the deadline
 
 
 def run(args: argparse.Namespace) -> Report:

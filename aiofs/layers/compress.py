@@ -49,7 +49,7 @@ from aiofs.codecs import zstd_seekable as fmt
 from aiofs.errors import IntegrityError, InvalidArgument, IsADirectory
 from aiofs.layer import (
     RANGE_READS, Layer, has_glob, hide_internal_path, internals_visible, is_internal,
-    refuse_internal_write, visible_entries,
+    refuse_internal_write, target_identity, visible_entries,
 )
 
 __all__ = ["Compress", "SizeCache", "stamp_of"]
@@ -394,12 +394,7 @@ class Compress(Layer):
     def target_id(self) -> str:
         """The identity of the target in the size cache."""
         if self._fsid is None:
-            try:
-                self._fsid = str(self.fs.fsid)
-            except Exception:  # fsspec's default fsid raises NotImplementedError
-                options = sorted((str(k), repr(v)) for k, v in
-                                 (getattr(self.fs, "storage_options", None) or {}).items())
-                self._fsid = f"{type(self.fs).__module__}.{type(self.fs).__qualname__}:{options}"
+            self._fsid = target_identity(self.fs)
         return self._fsid
 
     def _executor(self) -> ThreadPoolExecutor:

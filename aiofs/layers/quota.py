@@ -65,7 +65,8 @@ from fsspec.spec import AbstractFileSystem
 
 from aiofs.errors import ConfigError, FileTooLarge, InvalidArgument, StorageQuotaExceeded
 from aiofs.layer import (
-    ATOMIC_WRITES, INTERNAL_DIR, Layer, describe, has_glob, internal_access, is_internal, refuse_internal_write,
+    ATOMIC_WRITES, INTERNAL_DIR, Layer, describe, has_glob, internal_access, is_internal,
+    refuse_internal_write, target_identity,
 )
 
 __all__ = ["Quota", "parse_size", "DEFAULT_MAX_FILE_SIZE", "DEFAULT_THRESHOLDS"]
@@ -189,14 +190,6 @@ def _human(n: int | None) -> str:
     return f"{n} B"
 
 
-def _target_id(fs: AbstractFileSystem) -> str:
-    try:
-        fsid = fs.fsid
-    except (NotImplementedError, AttributeError):
-        fsid = None
-    return str(fsid) if fsid else describe(fs)
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -254,7 +247,7 @@ class Quota(Layer):
         self.reservation_ttl = float(reservation_ttl)
         self.count_internal = bool(count_internal)
         self.recount_after = recount_after
-        self.target_id = _target_id(self.fs)
+        self.target_id = target_identity(self.fs)
         try:  # targets that keep clean absolute paths as they are (local, memory)
             self._fast_keys = self.fs._strip_protocol(_PROBE) == _PROBE
         except Exception:
