@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime
 import io
 import os
 import posixpath
@@ -155,6 +156,36 @@ def target_identity(fs: AbstractFileSystem) -> str:
         return str(fsid)
     options = sorted((str(k), repr(v)) for k, v in (getattr(fs, "storage_options", None) or {}).items())
     return f"{type(fs).__module__}.{type(fs).__qualname__}:{options}"
+
+
+# Keys of a target's ls/info entry that change when an object is rewritten (the "stamp").
+_STAMP_KEYS = ("mtime", "LastModified", "last_modified", "updated", "ETag", "etag", "md5Hash",
+               "generation", "version_id", "VersionId")
+_STAMP_EXTRA_KEYS = ("ino",)           # local disks: a rewrite is a new inode (temp + rename)
+_STAMP_FALLBACK_KEYS = ("created",)    # fsspec memory: a new file object per write
+
+
+def _stamp_value(value) -> str:
+    if isinstance(value, datetime.datetime):
+        return repr(value.timestamp())
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def stamp_of(entry: dict) -> str | None:
+    """What identifies this version of an object in a target entry; ``None`` if nothing does.
+
+    An entry without any such key is never cached (its size is read every time).
+    """
+    parts = [f"{k}={_stamp_value(entry[k])}" for k in _STAMP_KEYS if entry.get(k) is not None]
+    if not parts:
+        parts = [f"{k}={_stamp_value(entry[k])}" for k in _STAMP_FALLBACK_KEYS
+                 if entry.get(k) is not None]
+    if not parts:
+        return None
+    parts += [f"{k}={_stamp_value(entry[k])}" for k in _STAMP_EXTRA_KEYS if entry.get(k) is not None]
+    return ";".join(parts)
 
 
 def find_layer(fs: AbstractFileSystem, cls: type[L]) -> L | None:

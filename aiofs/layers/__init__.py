@@ -10,6 +10,7 @@ import importlib
 # public name -> module that defines it; layers land here as their issues do
 _LAYERS = {
     "Compress": "aiofs.layers.compress",
+    "Dedup": "aiofs.layers.dedup",
     "Encrypt": "aiofs.layers.encrypt",
     "Quota": "aiofs.layers.quota",
     "Validate": "aiofs.layers.validate",

@@ -31,7 +31,6 @@ Contract (DESIGN.md "The layer contract", format in ``docs/formats/compress.md``
 from __future__ import annotations
 
 import collections
-import datetime
 import io
 import os
 import posixpath
@@ -49,7 +48,7 @@ from aiofs.codecs import zstd_seekable as fmt
 from aiofs.errors import IntegrityError, InvalidArgument, IsADirectory
 from aiofs.layer import (
     RANGE_READS, Layer, has_glob, hide_internal_path, internals_visible, is_internal,
-    refuse_internal_write, target_identity, visible_entries,
+    refuse_internal_write, stamp_of, target_identity, visible_entries,
 )
 
 __all__ = ["Compress", "SizeCache", "stamp_of"]
@@ -85,38 +84,6 @@ def _parse_size(name: str, value) -> int:
             except ValueError:
                 pass
     raise InvalidArgument(f"{name} must be a number of bytes such as 1048576 or '1MiB', not {value!r}")
-
-
-# -- validating cached sizes against the target ------------------------------------------------
-
-# Keys of a target's ls/info entry that change when an object is rewritten (the "stamp").
-_STAMP_KEYS = ("mtime", "LastModified", "last_modified", "updated", "ETag", "etag", "md5Hash",
-               "generation", "version_id", "VersionId")
-_STAMP_EXTRA_KEYS = ("ino",)           # local disks: a rewrite is a new inode (temp + rename)
-_STAMP_FALLBACK_KEYS = ("created",)    # fsspec memory: a new file object per write
-
-
-def _stamp_value(value) -> str:
-    if isinstance(value, datetime.datetime):
-        return repr(value.timestamp())
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-def stamp_of(entry: dict) -> str | None:
-    """What identifies this version of an object in a target entry; ``None`` if nothing does.
-
-    An entry without any such key is never cached (its size is read every time).
-    """
-    parts = [f"{k}={_stamp_value(entry[k])}" for k in _STAMP_KEYS if entry.get(k) is not None]
-    if not parts:
-        parts = [f"{k}={_stamp_value(entry[k])}" for k in _STAMP_FALLBACK_KEYS
-                 if entry.get(k) is not None]
-    if not parts:
-        return None
-    parts += [f"{k}={_stamp_value(entry[k])}" for k in _STAMP_EXTRA_KEYS if entry.get(k) is not None]
-    return ";".join(parts)
 
 
 def _entry_name(entry: dict) -> str:
