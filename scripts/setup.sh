@@ -15,6 +15,10 @@ case ",$EXTRAS," in
     *,dev,*|*,all,*) DEBIAN_PACKAGES+=(zstd fuse3) ;;
     *,fuse,*) DEBIAN_PACKAGES+=(fuse3) ;;
 esac
+case ",$EXTRAS," in
+    # restic: the dedup benchmark's baseline (`python -m benchmarks dedup`)
+    *,dev,*|*,all,*|*,bench,*) DEBIAN_PACKAGES+=(restic) ;;
+esac
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     DEBIAN_PACKAGES+=(python3-venv)
 fi

@@ -23,6 +23,7 @@ from aiofs.layer import RANGE_READS, internal_access
 from aiofs.layers import Compress
 from aiofs.testing.abstract import FsspecAbstractSuite
 from aiofs.testing.conformance import ConformanceSuite
+from aiofs.testing.counting import CountingFileSystem
 from aiofs.testing.faults import FaultInjectingFileSystem
 from aiofs.testing.stateful import run_stateful
 from conftest import drop_memory_root, new_memory_root, snapshot_tree
@@ -60,56 +61,7 @@ def over_memory(tmp_path, **options):
     return Compress(fs=fsspec.filesystem("memory"), cache_dir=str(tmp_path / "cache"), **options)
 
 
-class Counting(Layer):
-    """Counts the calls (and stored bytes read) that reach the target."""
-
-    def __init__(self, fs=None, **options):
-        super().__init__(fs=fs, **options)
-        self.calls: collections.Counter[str] = collections.Counter()
-        self.bytes_read = 0
-        self.reads: list[int] = []
-
-    def reset(self):
-        self.calls.clear()
-        self.bytes_read = 0
-        self.reads = []
-
-    def _got(self, data):
-        self.bytes_read += len(data)
-        self.reads.append(len(data))
-        return data
-
-    def ls(self, path, detail=True, **kwargs):
-        self.calls["ls"] += 1
-        return super().ls(path, detail=detail, **kwargs)
-
-    def info(self, path, **kwargs):
-        self.calls["info"] += 1
-        return super().info(path, **kwargs)
-
-    def find(self, path, maxdepth=None, withdirs=False, detail=False, **kwargs):
-        self.calls["find"] += 1
-        return super().find(path, maxdepth=maxdepth, withdirs=withdirs, detail=detail, **kwargs)
-
-    def cat_file(self, path, start=None, end=None, **kwargs):
-        self.calls["cat_file"] += 1
-        return self._got(super().cat_file(path, start=start, end=end, **kwargs))
-
-    def cat_ranges(self, paths, starts, ends, max_gap=None, on_error="return", **kwargs):
-        self.calls["cat_ranges"] += 1
-        out = self.fs.cat_ranges(paths, starts, ends, on_error=on_error, **kwargs)
-        for piece in out:
-            if isinstance(piece, bytes):
-                self._got(piece)
-        return out
-
-    def cat(self, path, recursive=False, on_error="raise", **kwargs):
-        self.calls["cat"] += 1
-        return super().cat(path, recursive=recursive, on_error=on_error, **kwargs)
-
-    def _open(self, path, mode="rb", **kwargs):
-        self.calls[f"open_{mode}"] += 1
-        return super()._open(path, mode=mode, **kwargs)
+Counting = CountingFileSystem
 
 
 # -- the shipped suites ------------------------------------------------------------------------

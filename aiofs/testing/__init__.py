@@ -24,6 +24,7 @@ _EXPORTS = {
     "make_state_machine": "aiofs.testing.stateful",
     "run_stateful": "aiofs.testing.stateful",
     "FaultInjectingFileSystem": "aiofs.testing.faults",
+    "CountingFileSystem": "aiofs.testing.counting",
 }
 
 __all__ = sorted(_EXPORTS)

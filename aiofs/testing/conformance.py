@@ -362,6 +362,10 @@ class ConformanceSuite(TargetFixtures):
 
     # -- hidden internals ----------------------------------------------------------------
 
+    # Internal names a layer writes on its own when data passes through it (a dedup
+    # store's packs and index files): left out when comparing what a test added.
+    own_internal_prefixes: tuple[str, ...] = ()
+
     def make_internal_data(self, fs, root) -> None:
         """Write layer-internal data below ``root/.aiofs`` (as a layer would)."""
         with internal_access():
@@ -482,7 +486,8 @@ class ConformanceSuite(TargetFixtures):
         with internal_access():
             info = fs.info(self.join(fs_path, INTERNAL_DIR, "state.json"))
             assert info["size"] == len(SECRET)
-            found = set(relative_names(fs, fs_path, fs.find(fs_path))) - before
+            found = {n for n in set(relative_names(fs, fs_path, fs.find(fs_path))) - before
+                     if not n.startswith(self.own_internal_prefixes)}
             assert sorted(found) == [f"{INTERNAL_DIR}/deep/blob.bin", f"{INTERNAL_DIR}/state.json"]
 
     # -- logical sizes -------------------------------------------------------------------

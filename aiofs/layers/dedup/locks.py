@@ -46,10 +46,17 @@ class StoreLocks:
         """``name -> lock body`` of every readable lock in the store."""
         fs = self.store.fs
         with internal_access():
-            try:
-                names = [n.rstrip("/") for n in fs.ls(self.store.locks_dir, detail=False)]
-            except FileNotFoundError:
-                return {}
+            for attempt in range(3):
+                try:
+                    names = [n.rstrip("/") for n in fs.ls(self.store.locks_dir, detail=False)]
+                    break
+                except FileNotFoundError:
+                    return {}
+                except (KeyError, RuntimeError):
+                    # fsspec's memory fs, listing while another thread (a finalizer releasing
+                    # a lock) removes an entry: list again
+                    if attempt == 2:
+                        raise
             out = {}
             for name in names:
                 try:
