@@ -14,6 +14,7 @@ from types import ModuleType
 BENCHMARKS: dict[str, str] = {
     "layer-overhead": "benchmarks.layer_overhead",
     "compress": "benchmarks.compress",
+    "dedup": "benchmarks.dedup",
     "encrypt": "benchmarks.encrypt",
     "quota": "benchmarks.quota",
     "mount": "benchmarks.mount",

@@ -356,3 +356,15 @@ def test_gc_keeps_versions_other_layers_store_under_aiofs(tmp_path):
 def test_bad_options_are_refused(tmp_path, options):
     with pytest.raises(InvalidArgument):
         Dedup(fs=LocalBackend(str(tmp_path / "store")), cache_dir=str(tmp_path / "c"), **options)
+
+
+def test_gc_merges_small_packs(tmp_path):
+    fs = over_local(tmp_path, pack_size="1MiB")
+    files = {f"/f{i}": rand(40_000, i) for i in range(6)}
+    for path, data in files.items():  # written one by one: one small pack each
+        fs.pipe_file(path, data)
+    assert len(pack_files(tmp_path)) == 6
+    report = fs.gc(safety_window=0)
+    assert report["packs_merged"] == 6 and len(pack_files(tmp_path)) == 1
+    assert fs.cat(sorted(files)) == files
+    assert fs.check(read_data=True)["ok"]

@@ -21,43 +21,34 @@ def make_chunker(config: StoreConfig) -> FastCDC:
 
 
 class StreamChunker:
-    """Feed bytes, get ``(block, [(start, end), ...])`` batches of complete chunks."""
+    """Cut a stream into chunks batch by batch, hashing as it goes (one writer, in order).
 
-    def __init__(self, config: StoreConfig, batch_size: int):
+    :meth:`cut` takes the next pieces of the stream and returns ``(data, bounds, ids)``:
+    the bytes of the complete chunks found so far, their ``(start, end)`` in ``data`` and
+    their keyed ids. The whole-content blake3 is updated with every piece. Meant to run
+    in a worker thread: FastCDC and blake3 release the GIL.
+    """
+
+    def __init__(self, config: StoreConfig):
         self._cdc = make_chunker(config)
+        self._key = config.chunk_key
         self._max = config.max_size
-        self.batch_size = max(batch_size, 4 * config.max_size)
-        self._buffer = bytearray()
+        self._carry = b""
+        self.whole = blake3.blake3()
 
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer)
-
-    def feed(self, data) -> tuple[bytes, list[tuple[int, int]]] | None:
-        """Add bytes; a batch of complete chunks once ``batch_size`` bytes are buffered."""
-        self._buffer += data
-        if len(self._buffer) < self.batch_size:
-            return None
-        return self._cut(final=False)
-
-    def finish(self) -> tuple[bytes, list[tuple[int, int]]] | None:
-        """The remaining chunks (the last one may be short)."""
-        if not self._buffer:
-            return None
-        return self._cut(final=True)
-
-    def _cut(self, final: bool) -> tuple[bytes, list[tuple[int, int]]] | None:
-        bounds = [(c.offset, c.offset + c.length) for c in self._cdc.cut_buf(self._buffer)]
-        if not final and bounds:
-            last_start, last_end = bounds[-1]
-            if last_end - last_start < self._max:  # cut by the buffer's end, not by content
-                bounds.pop()
-        if not bounds:
-            return None
-        end = bounds[-1][1]
-        block = bytes(self._buffer[:end])
-        del self._buffer[:end]
-        return block, bounds
+    def cut(self, pieces: list, final: bool) -> tuple[bytes, list[tuple[int, int]], list[bytes]]:
+        for piece in pieces:
+            self.whole.update(piece)
+        data = b"".join([self._carry, *pieces]) if self._carry or len(pieces) != 1 else pieces[0]
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        bounds = [(c.offset, c.offset + c.length) for c in self._cdc.cut_buf(data)] if data else []
+        if not final and bounds and bounds[-1][1] - bounds[-1][0] < self._max:
+            start = bounds.pop()[0]  # cut by the batch's end, not by content: carry it over
+            self._carry = data[start:]  # (data keeps those bytes; bounds stop before them)
+        else:
+            self._carry = b""
+        return data, bounds, hash_chunks(self._key, data, bounds)
 
 
 def hash_chunks(key: bytes, block: bytes, bounds: list[tuple[int, int]]) -> list[bytes]:

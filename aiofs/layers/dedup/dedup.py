@@ -43,7 +43,7 @@ from aiofs.layer import (
 )
 from aiofs.layers.dedup import formats as fmt
 from aiofs.layers.dedup.cache import StoreCache
-from aiofs.layers.dedup.chunking import StreamChunker, hash_chunks, make_chunker
+from aiofs.layers.dedup.chunking import StreamChunker
 from aiofs.layers.dedup.locks import StoreLocks
 from aiofs.layers.dedup.store import ChunkStore, PackWriter, default_cache_path
 from aiofs.units import parse_size
@@ -64,7 +64,7 @@ class Dedup(Layer):
     """Deduplicate every file below this layer into content-defined chunks in packs.
 
     ``Dedup(fs=target, min_size="16KiB", avg_size="48KiB", max_size="256KiB",
-    pack_size="28MiB", inline_limit=4096, batch_size="8MiB", threads=None,
+    pack_size="28MiB", inline_limit="16KiB", batch_size="8MiB", threads=None,
     cache_dir=None, index_cache=True)``:
 
     * ``min_size``/``avg_size``/``max_size``: FastCDC chunk sizes (used when a store is
@@ -89,7 +89,7 @@ class Dedup(Layer):
         avg_size: int | str = "48KiB",
         max_size: int | str = "256KiB",
         pack_size: int | str = "28MiB",
-        inline_limit: int | str = 4096,
+        inline_limit: int | str = "16KiB",
         batch_size: int | str = "8MiB",
         threads: int | None = None,
         cache_dir: str | None = None,
@@ -450,16 +450,13 @@ class Dedup(Layer):
                 manifests[p] = fmt.Manifest(size=len(value), blake3=blake3.blake3(value).hexdigest(),
                                             inline=value)
                 continue
-            bounds = [(c.offset, c.offset + c.length) for c in make_chunker(config).cut_buf(value)]
-            jobs.append((p, value, bounds,
-                         self.executor().submit(_hash_job, config.chunk_key, value, bounds)))
-        for p, value, bounds, future in jobs:
-            ids, digest = future.result()
+            jobs.append((p, value, self.executor().submit(_chunk_whole, config, value)))
+        for p, value, future in jobs:
+            bounds, ids, digest = future.result()
             known = store.cache.known(ids)
             view = memoryview(value)
-            for cid, (s, e) in zip(ids, bounds):
-                if cid not in known:
-                    packer.append(cid, view[s:e])
+            packer.append_many([(cid, view[s:e]) for cid, (s, e) in zip(ids, bounds)
+                                if cid not in known])
             manifests[p] = fmt.Manifest(size=len(value), blake3=digest,
                                         chunks=tuple((cid, e - s) for cid, (s, e) in zip(ids, bounds)))
         try:
@@ -546,8 +543,11 @@ def _offsets(manifest: fmt.Manifest) -> list[int]:
     return offsets
 
 
-def _hash_job(key: bytes, block: bytes, bounds: list[tuple[int, int]]) -> tuple[list[bytes], str]:
-    return hash_chunks(key, block, bounds), blake3.blake3(block).hexdigest()
+def _chunk_whole(config: fmt.StoreConfig, value: bytes):
+    """``(bounds, ids, blake3 hex)`` of one whole value (a worker-thread job)."""
+    chunker = StreamChunker(config)
+    _, bounds, ids = chunker.cut([value], final=True)
+    return bounds, ids, chunker.whole.hexdigest()
 
 
 def _rebuild(fs, options):
@@ -567,11 +567,15 @@ def _release_at_exit(locks: StoreLocks) -> None:
 class DedupWriteFile(io.BufferedIOBase):
     """A file being written through :class:`Dedup`.
 
-    Chunks are cut as bytes arrive, hashed in the layer's pool (two batches in flight) and
-    new ones appended to a streaming pack. :meth:`close` seals the pack, writes the index
-    file and then the manifest; :meth:`discard` (or an exception inside ``with``) leaves the
-    old file as it was (sealed packs stay as unreferenced data for ``gc``).
+    Written bytes are collected into batches of ``batch_size``; each batch is chunked and
+    hashed in a worker thread of its own (in order: a chunk may span two batches) while
+    this thread appends the new chunks of the previous batch to a streaming pack. At most
+    two batches are in flight, so memory stays bounded. :meth:`close` seals the pack,
+    writes the index file and then the manifest; :meth:`discard` (or an exception inside
+    ``with``) leaves the old file as it was (sealed packs stay as unreferenced data).
     """
+
+    MAX_IN_FLIGHT = 2
 
     def __init__(self, layer: Dedup, path: str, create: bool = False):
         super().__init__()
@@ -582,8 +586,10 @@ class DedupWriteFile(io.BufferedIOBase):
         store = layer.store
         self._config = store.config(create=True)
         layer.locks.writer_enter()
-        self._chunker = StreamChunker(self._config, layer.batch_size)
-        self._whole = blake3.blake3()
+        self._chunker = StreamChunker(self._config)
+        self._cutter: ThreadPoolExecutor | None = None
+        self._pieces: list = []
+        self._pieces_size = 0
         self._size = 0
         self._chunks: list[tuple[bytes, int]] = []
         self._packer = PackWriter(store)
@@ -608,36 +614,40 @@ class DedupWriteFile(io.BufferedIOBase):
     def write(self, data) -> int:
         if self._done:
             raise ValueError("I/O operation on closed file")
-        view = memoryview(data)
-        if view.ndim != 1 or view.itemsize != 1:
-            view = view.cast("B")
+        # the caller may reuse a mutable buffer: keep only immutable bytes
+        piece = data if isinstance(data, bytes) else bytes(memoryview(data).cast("B"))
         try:
-            self._whole.update(view)
-            batch = self._chunker.feed(view)
-            if batch is not None:
-                self._submit(batch)
+            self._pieces.append(piece)
+            self._pieces_size += len(piece)
+            if self._pieces_size >= self.layer.batch_size:
+                self._submit(final=False)
         except BaseException:
             self._abandon()
             raise
-        self._size += len(view)
-        return len(view)
+        self._size += len(piece)
+        return len(piece)
 
-    def _submit(self, batch) -> None:
-        block, bounds = batch
-        future = self.layer.executor().submit(hash_chunks, self._config.chunk_key, block, bounds)
-        self._pending.append((future, block, bounds))
-        while len(self._pending) > 2:
+    def _submit(self, final: bool) -> None:
+        pieces, self._pieces, self._pieces_size = self._pieces, [], 0
+        if self._cutter is None:
+            self._cutter = ThreadPoolExecutor(1, thread_name_prefix="aiofs-dedup-cut")
+        self._pending.append(self._cutter.submit(self._chunker.cut, pieces, final))
+        while len(self._pending) > self.MAX_IN_FLIGHT:
             self._drain_one()
 
     def _drain_one(self) -> None:
-        future, block, bounds = self._pending.popleft()
-        ids = future.result()
+        data, bounds, ids = self._pending.popleft().result()
+        self._store_batch(data, bounds, ids)
+
+    def _store_batch(self, data: bytes, bounds, ids) -> None:
         known = self.layer.store.cache.known(ids)
-        view = memoryview(block)
+        view = memoryview(data)
+        fresh = []
         for cid, (s, e) in zip(ids, bounds):
             self._chunks.append((cid, e - s))
             if cid not in known:
-                self._packer.append(cid, view[s:e])
+                fresh.append((cid, view[s:e]))
+        self._packer.append_many(fresh)
 
     def close(self) -> None:
         """Seal packs, write the index file, then the manifest (the file appears)."""
@@ -645,19 +655,20 @@ class DedupWriteFile(io.BufferedIOBase):
             return
         layer = self.layer
         try:
-            if not self._chunks and not self._pending and self._size <= layer.inline_limit:
-                batch = self._chunker.finish()
-                inline = batch[0] if batch else b""
-                manifest = fmt.Manifest(size=self._size, blake3=self._whole.hexdigest(),
+            if not self._pending and self._size <= layer.inline_limit:
+                inline = b"".join(self._pieces)
+                manifest = fmt.Manifest(size=self._size, blake3=blake3.blake3(inline).hexdigest(),
                                         inline=inline)
             else:
-                batch = self._chunker.finish()
-                if batch is not None:
-                    self._submit(batch)
-                while self._pending:
-                    self._drain_one()
+                if self._pending:
+                    self._submit(final=True)
+                    while self._pending:
+                        self._drain_one()
+                else:  # one batch: no thread hop
+                    pieces, self._pieces = self._pieces, []
+                    self._store_batch(*self._chunker.cut(pieces, final=True))
                 layer.store.write_index(self._packer.finish())
-                manifest = fmt.Manifest(size=self._size, blake3=self._whole.hexdigest(),
+                manifest = fmt.Manifest(size=self._size, blake3=self._chunker.whole.hexdigest(),
                                         chunks=tuple(self._chunks))
             self._done = True
             layer._commit_manifests({self.path: manifest}, create=self._create)
@@ -666,7 +677,13 @@ class DedupWriteFile(io.BufferedIOBase):
             self._abandon()
             raise
         finally:
+            self._stop_cutter()
             super().close()
+
+    def _stop_cutter(self) -> None:
+        if self._cutter is not None:
+            self._cutter.shutdown(wait=True, cancel_futures=True)
+            self._cutter = None
 
     def discard(self) -> None:
         """Abandon the write: the file keeps its old content (or stays absent)."""
@@ -676,9 +693,11 @@ class DedupWriteFile(io.BufferedIOBase):
         if self._done:
             return
         self._done = True
-        for future, _, _ in self._pending:
+        for future in self._pending:
             future.cancel()
         self._pending.clear()
+        self._stop_cutter()
+        self._pieces = []
         self._packer.abandon()
         super().close()
 

@@ -276,6 +276,32 @@ class PackWriter:
     def __contains__(self, cid: bytes) -> bool:
         return cid in self._ids
 
+    def append_many(self, chunks: list) -> None:
+        """Append ``(id, bytes)`` pairs, writing runs of them with one call each."""
+        run: list = []
+        for cid, data in chunks:
+            if cid in self._ids:
+                continue
+            if self._name is None:
+                self._start()
+            run.append(data)
+            self._entries.append((cid, self._offset, len(data)))
+            self._ids.add(cid)
+            self._offset += len(data)
+            if self._offset >= self.store.pack_size:
+                self._write_run(run)
+                run = []
+                self._seal()
+        if run:
+            self._write_run(run)
+
+    def _write_run(self, run: list) -> None:
+        if self.bulk:
+            self._parts.extend(run)
+        else:
+            with internal_access():
+                self._file.write(b"".join(run) if len(run) > 1 else run[0])
+
     def append(self, cid: bytes, data) -> None:
         if cid in self._ids:
             return
