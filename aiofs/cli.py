@@ -486,6 +486,78 @@ def quota(ctx, stack, recount, as_json):
                    + (f" ({alert['path']})" if alert["path"] else ""))
 
 
+def _working(description: str):
+    """A spinner on a terminal for work without a byte count (nothing otherwise)."""
+    import contextlib
+
+    if not _progress_enabled():
+        return contextlib.nullcontext()
+    return _stderr_console().status(description)
+
+
+def _dedup_layer(ctx, stack: str):
+    """The Dedup layer of a stack, or a clear error naming the stack."""
+    from aiofs.layer import find_layer
+    from aiofs.layers.dedup import Dedup
+
+    name = stack.split(":", 1)[0] if ":" in stack and not stack.startswith("aiofs://") else stack
+    fs = open_stack(name, ctx.obj)
+    layer = find_layer(fs, Dedup)
+    if layer is None:
+        raise InvalidArgument(f"stack {name!r} has no dedup layer ({fs!r}); add "
+                              f"{{ type = \"dedup\" }} to its layers in the config file")
+    return name, layer
+
+
+@cli.command()
+@click.argument("stack", default="default")
+@click.option("--read-data", is_flag=True, help="Also read every pack and verify every chunk.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def check(ctx, stack, read_data, as_json):
+    """Verify a dedup store: manifests, index and packs (exit 1 on any problem)."""
+    name, layer = _dedup_layer(ctx, stack)
+    with _working("checking" + (" every chunk" if read_data else "")):
+        report = layer.check(read_data=read_data)
+    if as_json:
+        _echo_json({"stack": name, **report})
+    else:
+        click.echo(f"stack {name}: {report['manifests']} manifests, {report['chunks']} chunks in "
+                   f"{report['packs']} packs ({report['unreferenced_packs']} unreferenced: `aiofs gc` "
+                   f"reclaims them)")
+        for problem in report["problems"]:
+            click.echo(f"  [{problem['code']}] {problem['path']}: {problem['detail']}")
+        click.echo("no problems found" if report["ok"] else f"{len(report['problems'])} problem(s) found")
+    if not report["ok"]:
+        ctx.exit(1)
+
+
+@cli.command()
+@click.argument("stack", default="default")
+@click.option("--dry-run", is_flag=True, help="Only report what would be deleted or repacked.")
+@click.option("--safety-window", type=float, default=3600.0, show_default=True,
+              help="Seconds: packs younger than this are never touched (concurrent writers).")
+@click.option("--repack-threshold", type=float, default=0.3, show_default=True,
+              help="Repack a pack once this fraction of it is garbage.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def gc(ctx, stack, dry_run, safety_window, repack_threshold, as_json):
+    """Reclaim space in a dedup store: delete unreferenced packs, repack and merge the rest."""
+    if safety_window < 0 or not 0 < repack_threshold < 1:
+        raise InvalidArgument("--safety-window must be >= 0 and --repack-threshold between 0 and 1")
+    name, layer = _dedup_layer(ctx, stack)
+    with _working("collecting garbage"):
+        report = layer.gc(repack_threshold=repack_threshold, safety_window=safety_window,
+                          dry_run=dry_run)
+    if as_json:
+        _echo_json({"stack": name, **report})
+        return
+    verb = "would free" if dry_run else "freed"
+    click.echo(f"stack {name}: {report['packs_deleted']} packs deleted, {report['packs_repacked']} "
+               f"repacked, {report.get('packs_merged', 0)} small packs merged; {verb} "
+               f"{_human(report['bytes_freed'])}")
+
+
 @cli.command()
 @click.argument("stack")
 @click.argument("mountpoint", type=click.Path(file_okay=False))
@@ -565,6 +637,225 @@ def unmount(mountpoint, lazy):
     from aiofs.mount import unmount as do_unmount
 
     do_unmount(mountpoint, lazy=lazy)
+
+
+# -- storage overview and optimization (issue 6; logic in aiofs/optimize/) --------------------
+
+
+def _stack_and_path(ctx: click.Context, argument: str) -> tuple[str, str]:
+    """``STACK``, ``STACK:/path`` or ``aiofs://STACK/path`` -> (stack, path); CONFIG_ERROR
+    naming the known stacks for an unknown one."""
+    config = load_config(ctx.obj)
+    split = split_target(argument, config)
+    if split is not None:
+        return split
+    name = argument.split(":", 1)[0] if ":" in argument else argument
+    config.stack(name)  # raises CONFIG_ERROR: unknown stack (known stacks: ...)
+    return name, ""
+
+
+def _count_progress(description: str):
+    """A counting progress bar on a terminal (``callback(done, total)``), else a no-op."""
+    if not _progress_enabled():
+        return None, lambda: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    progress = Progress("[progress.description]{task.description}", BarColumn(),
+                        MofNCompleteColumn(), TimeRemainingColumn(), console=_stderr_console(),
+                        transient=True)
+    task = progress.add_task(description, total=None)
+    started = time.monotonic()
+
+    def update(done: int, total: int) -> None:
+        if time.monotonic() - started < PROGRESS_AFTER:
+            return
+        if not progress.live.is_started:
+            progress.start()
+        progress.update(task, completed=done, total=total)
+
+    return update, progress.stop
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
+@cli.command()
+@click.argument("stack", default="default")
+@click.option("--history-days", type=click.IntRange(min=1), default=90, show_default=True,
+              help="Days of usage history to show.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the API's shape).")
+@click.pass_context
+def overview(ctx, stack, history_days, as_json):
+    """Storage usage by type, folder and age, with quotas and layers.
+
+    STACK or STACK:/folder. Also records the day's usage for growth charts.
+    """
+    from aiofs.optimize.overview import overview as build
+
+    name, path = _stack_and_path(ctx, stack)
+    data = build(name, path=path, config=ctx.obj, history_days=history_days)
+    if as_json:
+        _echo_json(data)
+        return
+    local = data["local_storage"]
+    stored = "" if local["stored_bytes"] is None else f", stored {_human(local['stored_bytes'])}"
+    internal = "" if not local["internal_bytes"] else f" + {_human(local['internal_bytes'])} layer data"
+    click.echo(f"stack:     {data['stack']}  {data['description']}")
+    click.echo(f"path:      {data['path']}")
+    click.echo(f"files:     {local['files']:,} in {local['folders']:,} folders, "
+               f"{_human(local['logical_bytes'])}{stored}{internal}")
+    if local["quota"]:
+        q = local["quota"]
+        limit = "unlimited" if q["limit"] is None else _human(q["limit"])
+        click.echo(f"quota:     {_human(q['usage'])} of {limit} ({_pct(q['usage_percentage'])})")
+    if local["disk"]:
+        d = local["disk"]
+        click.echo(f"disk:      {_human(d['free'])} free of {_human(d['total'])} ({local['root']})")
+    drive = data["google_drive"]
+    if drive["connected"]:
+        q = drive["quota"]
+        click.echo(f"drive:     {_human(q['usage'] or 0)} of "
+                   f"{'unlimited' if q['limit'] is None else _human(q['limit'])} ({_pct(q['usage_percentage'])})")
+    else:
+        click.echo("drive:     not connected")
+    total = max(local["logical_bytes"], 1)
+
+    def table(title, rows, limit=None):
+        click.echo(f"{title}:")
+        shown = list(rows.items())
+        for key, value in shown[:limit]:
+            click.echo(f"  {key:<24} {_human(value['bytes']):>10} {100 * value['bytes'] / total:5.1f}%"
+                       f"  {value['files']:>8,} files")
+        if limit is not None and len(shown) > limit:
+            rest = shown[limit:]
+            click.echo(f"  {'(' + str(len(rest)) + ' more)':<24} "
+                       f"{_human(sum(v['bytes'] for _, v in rest)):>10}")
+
+    table("by type", data["usage_by_type"])
+    table("by folder", data["usage_by_folder"], limit=10)
+    table("by age", data["usage_by_age"])
+    days = data["history"]["days"]
+    growth = data["history"]["growth_bytes_per_day"]
+    if growth is not None:
+        click.echo(f"growth:    {'+' if growth >= 0 else '-'}{_human(abs(growth))}/day over "
+                   f"{len(days)} recorded days (since {days[0]['date']})")
+    else:
+        click.echo(f"growth:    {len(days)} recorded day(s); more days give a trend")
+    for layer_name, stats in data["layers"].items():
+        shown = ", ".join(f"{k}={v}" for k, v in stats.items()
+                          if isinstance(v, (int, float, str)) and not isinstance(v, bool))
+        click.echo(f"layer {layer_name}: {shown}")
+
+
+@cli.command()
+@click.argument("target", default="default")
+@click.option("--merge", is_flag=True, help="Make duplicates share storage where the stack can.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def dedupe(ctx, target, merge, as_json):
+    """Find identical files; --merge makes them share storage.
+
+    TARGET is STACK or STACK:/folder. Files are compared by content (blake3).
+    """
+    from aiofs.optimize.duplicates import find_duplicates, merge_duplicates
+
+    name, path = _stack_and_path(ctx, target)
+    progress, stop = _count_progress("hashing")
+    try:
+        report = find_duplicates(name, path, config=ctx.obj, progress=progress)
+    finally:
+        stop()
+    merged = merge_duplicates(name, path, config=ctx.obj, report=report) if merge else None
+    if as_json:
+        _echo_json({**report, "merge": merged})
+        return
+    for group in report["groups"]:
+        click.echo(f"{group['count']} copies of {_human(group['size'])} "
+                   f"({_human(group['wasted_bytes'])} wasted)  blake3:{group['hash'][:16]}")
+        for p in group["paths"]:
+            click.echo(f"  {p}")
+    for error in report["errors"]:
+        click.echo(f"unreadable: {error['path']}: {error['error']}", err=True)
+    click.echo(f"{len(report['groups'])} groups, {report['duplicate_files']} duplicate files, "
+               f"{_human(report['wasted_bytes'])} in extra copies ({report['files_scanned']:,} files "
+               f"scanned, {report['files_hashed']:,} hashed, {report['known_hashes']:,} hashes known)")
+    if merged is not None:
+        click.echo(f"merge ({merged['mode']}): {merged['detail']}")
+        if merged["mode"] == "hardlink":
+            click.echo(f"bytes saved: {_human(merged['bytes_saved'])} ({merged['bytes_saved']} B); "
+                       f"{merged['already_shared_files']} already shared")
+        for skip in merged["skipped"]:
+            click.echo(f"  skipped {skip['path']}: {skip['reason']}")
+
+
+@cli.command()
+@click.argument("target", default="default")
+@click.option("--older-than", "older_than", type=float, default=None, metavar="DAYS",
+              help="Also remove files not modified for DAYS days in the --folder folders.")
+@click.option("--folder", "folders", multiple=True, metavar="F",
+              help="A folder for --older-than (repeatable; default: [cleanup] folders).")
+@click.option("--temp-age", "temp_age", type=float, default=None, metavar="HOURS",
+              help="Temporary files untouched this long (default: 24, or [cleanup]).")
+@click.option("--no-temp", is_flag=True, help="Leave temporary files alone.")
+@click.option("--apply", "do_apply", is_flag=True, help="Remove them (default: dry run).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def cleanup(ctx, target, older_than, folders, temp_age, no_temp, do_apply, as_json):
+    """Remove temporary and old files (a dry run unless --apply).
+
+    Temporary files, files older than --older-than days in the --folder folders, and what
+    layers offer (versions beyond the rules). Defaults come from [cleanup] in the config.
+    """
+    from aiofs.optimize.cleanup import CleanupRules, cleanup as run_cleanup
+
+    name, path = _stack_and_path(ctx, target)
+    rules = CleanupRules.from_config(ctx.obj, older_than_days=older_than, folders=folders or None,
+                                     temp_min_age_hours=temp_age, temp=not no_temp)
+    result = run_cleanup(name, path, config=ctx.obj, rules=rules, apply=do_apply)
+    if as_json:
+        _echo_json(result)
+        return
+    for c in result["candidates"]:
+        click.echo(f"{_human(c['size']):>10}  {c['path']}  ({c['reason']})")
+    for folder in result["missing_folders"]:
+        click.echo(f"note: folder {folder} does not exist in {name}", err=True)
+    for note in result["notes"]:
+        click.echo(f"note: {note}", err=True)
+    if result["applied"] is None:
+        click.echo(f"dry run: would free {_human(result['bytes'])} ({result['bytes']} B) in "
+                   f"{result['files']} files; run again with --apply to remove them")
+    else:
+        applied = result["applied"]
+        for skip in applied["skipped"]:
+            click.echo(f"  skipped {skip['path']}: {skip['reason']}")
+        click.echo(f"freed {_human(applied['bytes_freed'])} ({applied['bytes_freed']} B, stored "
+                   f"{applied['stored_bytes_freed']} B) in {applied['files']} files"
+                   + (f"; {len(applied['skipped'])} skipped" if applied["skipped"] else ""))
+
+
+@cli.command()
+@click.argument("target", default="default")
+@click.option("--cold-days", type=float, default=180, show_default=True,
+              help="Files not modified for this many days count as cold.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def recommend(ctx, target, cold_days, as_json):
+    """Ranked ways to save space, each with its estimated saving."""
+    from aiofs.optimize.recommend import recommend as build
+
+    name, path = _stack_and_path(ctx, target)
+    result = build(name, path, config=ctx.obj, cold_days=cold_days)
+    if as_json:
+        _echo_json(result)
+        return
+    if not result["recommendations"]:
+        click.echo(f"nothing to recommend for {name} ({result['statistics']['files']:,} files)")
+    for item in result["recommendations"]:
+        click.echo(f"{item['rank']}. {item['title']}: saves ~{_human(item['saving_bytes'])} "
+                   f"({item['saving_bytes']} B)")
+        click.echo(f"   {item['detail']}")
+        click.echo(f"   -> {item['action']}")
 
 
 @cli.command()

@@ -17,6 +17,12 @@ File format (every table optional)::
     [stacks.scratch]
     backend = { type = "fsspec", protocol = "memory" }
 
+    [cleanup]                                # what `aiofs cleanup` looks for (all optional)
+    temp_patterns = ["*.tmp", "~$*"]         # replaces the built-in temporary-file patterns
+    temp_min_age_hours = 24                  # temporary files untouched this long
+    older_than_days = 90                     # files older than this ...
+    folders = ["/Downloads", "/scratch"]     # ... in these folders
+
 Environment variables override ``[settings]``: ``LOCAL_STORAGE_PATH``,
 ``MAX_LOCAL_STORAGE_GB``, ``DEFAULT_CDN``, ``GOOGLE_CLIENT_ID``, ``GOOGLE_CLIENT_SECRET``,
 ``GOOGLE_REDIRECT_URI``, ``CLOUDFLARE_API_TOKEN``, ``CLOUDFLARE_ZONE_ID``,
@@ -55,6 +61,18 @@ SETTINGS: dict[str, tuple[str, type]] = {
 
 _STACK_KEYS = {"layers", "backend", "description"}
 
+# [cleanup] key -> (check, what it must be); read by aiofs.optimize.cleanup
+CLEANUP_KEYS: dict[str, tuple] = {
+    "temp_patterns": (lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v),
+                      "a list of glob patterns"),
+    "temp_min_age_hours": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+                           "a non-negative number"),
+    "older_than_days": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+                        "a non-negative number"),
+    "folders": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                "a list of folder paths"),
+}
+
 
 def default_config_path() -> Path:
     """Where the config file is looked for when none is given."""
@@ -91,6 +109,7 @@ class Config:
     path: Path | None
     settings: dict
     stacks: dict[str, StackSpec]
+    cleanup: dict = field(default_factory=dict)  # the [cleanup] table, checked
 
     def stack(self, name: str) -> StackSpec:
         """The stack called ``name``; ``CONFIG_ERROR`` naming the known stacks otherwise."""
@@ -105,8 +124,9 @@ def builtin_default_stack(settings: dict) -> StackSpec:
     """The stack that works on a fresh machine with no account and no config file.
 
     Top to bottom: format validation, quota (100 MB per file, ``max_local_storage_gb``
-    in total), zstd compression, local disk under ``local_storage_path``. It grows as
-    layers land (versioning and dedup go between quota and compress).
+    in total), dedup (content-defined chunks in packs), zstd compression, local disk
+    under ``local_storage_path``. It grows as layers land (versioning goes between quota
+    and dedup).
     """
     return StackSpec(
         name=DEFAULT_STACK,
@@ -115,9 +135,10 @@ def builtin_default_stack(settings: dict) -> StackSpec:
             {"type": "validate"},
             {"type": "quota", "max_bytes": int(float(settings["max_local_storage_gb"]) * 2**30),
              "max_file_size": "100MB"},
+            {"type": "dedup"},
             {"type": "compress"},
         ],
-        description="built-in default: validation, quota, compression, local storage",
+        description="built-in default: validation, quota, dedup, compression, local storage",
     )
 
 
@@ -178,9 +199,10 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     elif explicit:
         raise ConfigError(f"config file not found: {config_path}")
     source = str(config_path)
-    unknown = set(data) - {"settings", "stacks"}
+    unknown = set(data) - {"settings", "stacks", "cleanup"}
     if unknown:
-        raise ConfigError(f"{source}: unknown top-level keys {sorted(unknown)} (allowed: settings, stacks)")
+        raise ConfigError(f"{source}: unknown top-level keys {sorted(unknown)} "
+                          f"(allowed: settings, stacks, cleanup)")
 
     settings = default_settings()
     file_settings = data.get("settings", {})
@@ -199,4 +221,14 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         raise ConfigError(f"{source}: [stacks] must be a table of named stacks")
     for name, table in file_stacks.items():
         stacks[name] = _parse_stack(name, table, source)  # a file may redefine 'default'
-    return Config(path=config_path if config_path.exists() else None, settings=settings, stacks=stacks)
+    cleanup = data.get("cleanup", {})
+    if not isinstance(cleanup, dict):
+        raise ConfigError(f"{source}: [cleanup] must be a table")
+    for key, value in cleanup.items():
+        if key not in CLEANUP_KEYS:
+            raise ConfigError(f"{source}: [cleanup] unknown key {key!r} (known: {sorted(CLEANUP_KEYS)})")
+        check, expected = CLEANUP_KEYS[key]
+        if not check(value):
+            raise ConfigError(f"{source}: [cleanup] {key} must be {expected}, got {value!r}")
+    return Config(path=config_path if config_path.exists() else None, settings=settings, stacks=stacks,
+                  cleanup=dict(cleanup))

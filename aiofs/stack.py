@@ -29,6 +29,7 @@ PROTOCOL = "aiofs"
 LAYER_TYPES: dict[str, str] = {
     "layer": "aiofs.layer:Layer",
     "compress": "aiofs.layers.compress:Compress",
+    "dedup": "aiofs.layers.dedup:Dedup",
     "encrypt": "aiofs.layers.encrypt:Encrypt",
     "quota": "aiofs.layers.quota:Quota",
     "validate": "aiofs.layers.validate:Validate",

@@ -11,6 +11,13 @@ Contenders, all on the same local disk, durable writes (fsync) for all:
 Target (from the issue): Quota(LocalBackend) write throughput >= 0.95x LocalBackend, i.e.
 quota / local time <= 1.053, on every non-informational row. Write rows are timed until
 durable: each run ends with ``os.sync()``, so the quota's SQLite commits pay their share.
+
+Overview rows (issue 6): ``aiofs overview`` on a store of ``--files`` (10,000) files on the
+built-in default stack (Validate > Quota > Compress > Local, in a scratch root), target
+under 1 s: the Python function :func:`aiofs.optimize.overview.overview` (column
+``default``) against the baseline of one raw ``LocalBackend.find(detail=True)`` of the same
+store (column ``local``), and the ``aiofs overview --json`` command in a fresh process
+(Python start-up and imports included). A missed absolute target makes the exit status 1.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ SUMMARY = "Quota(LocalBackend) and Validate(Quota(LocalBackend)) write throughpu
 
 TARGET = 1 / 0.95  # time ratio: throughput at least 0.95x
 KEYS = ("local", "quota", "vq")
+OVERVIEW_TARGET = 1.0  # seconds: `aiofs overview` on the --files store
+OVERVIEW_KINDS = (".txt", ".py", ".md", ".csv", ".json", ".svg", ".bin", ".log")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -47,6 +56,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="parent directory for the scratch data (default: system temp)")
     parser.add_argument("--quick", action="store_true",
                         help="64 MiB, 1,000 files, 2 runs: a smoke test, not a measurement")
+    parser.add_argument("--overview-only", action="store_true",
+                        help="only the `aiofs overview` rows")
     args = parser.parse_args(argv)
     if args.quick:
         args.size_mib, args.files, args.reps, args.round_files = 64, 1_000, 2, 100
@@ -84,10 +95,14 @@ def run(args: argparse.Namespace) -> Report:
                       "aiofs.layers.Quota(fs=LocalBackend(root)), SQLite state in WAL mode"),
             Contender("vq", "Validate(Quota(\nLocalBackend))",
                       "aiofs.layers.Validate over Quota over LocalBackend"),
+            Contender("default", "default stack\n(overview)",
+                      "aiofs overview on the built-in default stack: Validate(Quota(Compress("
+                      "LocalBackend)))"),
         ],
         ratios=[
             Ratio("quota", "local", "Quota /\nLocalBackend", TARGET),
             Ratio("vq", "local", "Validate+Quota /\nLocalBackend"),
+            Ratio("default", "local", "overview /\none find"),
         ],
         parameters={
             "large_file_bytes": large_size, "small_files": args.files,
@@ -120,7 +135,9 @@ def run(args: argparse.Namespace) -> Report:
     base = scratch_dir(args.dir, prefix="aiofs-bench-quota-")
     print(f"{NAME}: scratch data in {base}", flush=True)
     try:
-        _run_rows(report, base, args, large_size, file_size)
+        if not args.overview_only:
+            _run_rows(report, base, args, large_size, file_size)
+        _overview_rows(report, base, args, file_size)
     finally:
         remove_tree(base)
         sync()
@@ -266,6 +283,88 @@ def _run_rows(report: Report, base: str, args, large_size: int, file_size: int) 
     report.parameters["quota_files_recorded_at_end"] = usage["files"]
 
 
+def _overview_rows(report: Report, base: str, args, file_size: int) -> None:
+    """Time `aiofs overview` on a store of ``args.files`` files on the default stack."""
+    import json
+    import subprocess
+    import sys
+
+    from aiofs.optimize.overview import overview
+    from aiofs.stack import forget_open_stacks, open_stack
+
+    root = f"{base}/overview-store"
+    env = {"LOCAL_STORAGE_PATH": root, "AIOFS_CONFIG": f"{base}/no-config.toml",
+           "XDG_STATE_HOME": f"{base}/state", "XDG_CACHE_HOME": f"{base}/cache"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the default stack, its quota and size cache inside the scratch dir
+    try:
+        forget_open_stacks()
+        fs = open_stack("default")
+        contents = small_files(args.files, file_size, seed=7)
+        batch = {}
+        for i, (name, data) in enumerate(contents.items()):
+            stem = name.rsplit(".", 1)[0]
+            batch[f"/folder{i % 50:02d}/sub{i % 7}/{stem}{OVERVIEW_KINDS[i % len(OVERVIEW_KINDS)]}"] = data
+        items = list(batch.items())
+        for start in range(0, len(items), 1000):
+            fs.pipe(dict(items[start:start + 1000]))
+        sync()
+        from aiofs.backends.local import LocalBackend
+
+        bottom = fs.find_layer(LocalBackend)
+        history = f"{base}/state/usage_history.db"
+        check = overview(fs, name="bench", history=history)
+        assert check["local_storage"]["files"] == args.files, check["local_storage"]
+        runs = measure({
+            "local": lambda: bottom.find("", detail=True),
+            "default": lambda: overview(fs, name="bench", history=history),
+        }, args.reps, warmup=1)
+        best = min(runs["default"])
+        verdict = "pass" if best < OVERVIEW_TARGET else "FAIL"
+        report.add(Row(
+            f"aiofs overview, {args.files:,} files, default stack",
+            runs, ops=args.files, ops_unit="files", informational=True,
+            note=f"overview(); target < {OVERVIEW_TARGET:.0f} s: {verdict}\n"
+                 f"local: one LocalBackend.find(detail=True)",
+        ))
+        report.parameters["overview_target_seconds"] = OVERVIEW_TARGET
+        report.parameters["overview_best_seconds"] = best
+        report.parameters["overview_pass"] = best < OVERVIEW_TARGET
+
+        command = [sys.executable, "-m", "aiofs.cli", "overview", "--json"]
+        child_env = {**os.environ, **env}
+
+        def cli_run():
+            out = subprocess.run(command, env=child_env, capture_output=True, check=True, timeout=120)
+            assert json.loads(out.stdout)["local_storage"]["files"] == args.files
+
+        cli_runs = measure({"default": cli_run}, max(3, args.reps // 3), warmup=1)
+        cli_best = min(cli_runs["default"])
+        report.add(Row(
+            f"aiofs overview --json, {args.files:,} files, CLI",
+            cli_runs, ops=args.files, ops_unit="files", informational=True,
+            note=f"a new process (start-up included); target < {OVERVIEW_TARGET:.0f} s: "
+                 f"{'pass' if cli_best < OVERVIEW_TARGET else 'FAIL'}",
+        ))
+        report.parameters["overview_cli_best_seconds"] = cli_best
+    finally:
+        forget_open_stacks()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def main(argv: list[str]) -> int:
     """Run the benchmark, print the table and write ``benchmarks/results/quota.json``."""
-    return emit(run(parse_args(argv)))
+    report = run(parse_args(argv))
+    status = emit(report)
+    best = report.parameters.get("overview_best_seconds")
+    if best is not None:
+        met = best < OVERVIEW_TARGET
+        print(f"aiofs overview: best {best:.3f} s on {report.parameters['small_files']:,} files "
+              f"(target < {OVERVIEW_TARGET:.0f} s): {'met' if met else 'MISSED'}")
+        if not met:
+            status = 1
+    return status

@@ -368,3 +368,54 @@ def test_gc_merges_small_packs(tmp_path):
     assert report["packs_merged"] == 6 and len(pack_files(tmp_path)) == 1
     assert fs.cat(sorted(files)) == files
     assert fs.check(read_data=True)["ok"]
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def test_cli_check_and_gc_on_the_default_stack(isolated_storage):
+    import json
+
+    from click.testing import CliRunner
+
+    from aiofs.cli import cli
+    from aiofs.stack import open_stack
+
+    fs = open_stack("default")
+    fs.pipe_file("/notes/a.txt", rand(100_000))
+    fs.rm_file("/notes/a.txt")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["check", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["ok"] is True
+    result = runner.invoke(cli, ["gc", "--safety-window", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["packs_deleted"] == 1
+    packs = isolated_storage / ".aiofs" / "dedup" / "packs"
+    assert list(packs.iterdir()) == []
+    fs.pipe_file("/b.bin", rand(100_000))
+    (pack,) = packs.iterdir()
+    pack.write_bytes(pack.read_bytes()[:-10])  # damaged on disk
+    result = runner.invoke(cli, ["check", "--read-data"])
+    assert result.exit_code == 1 and "[INTEGRITY_ERROR]" in result.output
+    result = runner.invoke(cli, ["gc", "--repack-threshold", "2"])
+    assert result.exit_code == 1 and "INVALID_ARGUMENT" in result.output
+
+
+def test_streaming_writes_use_bounded_memory(tmp_path):
+    import tracemalloc
+
+    fs = over_local(tmp_path, batch_size="1MiB", pack_size="4MiB", min_size="16KiB",
+                    avg_size="48KiB", max_size="256KiB")
+    tracemalloc.start()
+    try:
+        with fs.open("/big.bin", "wb") as f:
+            for i in range(48):               # 48 MiB in 1 MiB pieces, none kept by the test
+                f.write(rand(1 << 20, i))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 << 20                    # a few batches in flight, never the file
+    with fs.open("/big.bin", "rb") as f:
+        f.seek(47 << 20)
+        assert f.read(1 << 20) == rand(1 << 20, 47)

@@ -156,12 +156,43 @@ def test_python_file_calls(mounted):
     if mounted.store.name == "plain-store":
         assert (mounted.store / "sync.txt").read_bytes() == b"durable"
     os.close(fd)
+    # a large sequential write streams to the stack; zipfile then seeks back to patch the
+    # member's header: the stream is written to the stack and continues in a temporary file
+    import zipfile
+
+    member = os.urandom(3 << 20)
+    with zipfile.ZipFile(mounted.path("a.zip"), "w") as zf:
+        with zf.open("member.bin", "w") as f:
+            f.write(member)
+    with zipfile.ZipFile(mounted.path("a.zip")) as zf:
+        assert zf.read("member.bin") == member
     # exclusive create
     with pytest.raises(FileExistsError):
         open(path, "xb")
-    os.utime(path, (1, 2))  # accepted
+    before = os.stat(path).st_mtime
+    os.utime(path, (1, 2))  # kept on the pass-through stack, ignored on the default stack
+    assert os.stat(path).st_mtime == (2 if mounted.store.name == "plain-store" else before)
     os.chmod(path, 0o600)   # accepted, ignored: modes are fixed
     assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+def test_times_kept_on_a_pass_through_stack(plain, tmp_path):
+    """touch -d, touch -m (access time omitted) and cp -p (futimens before close)."""
+    mp = plain.mountpoint
+    sh("echo hi > a && touch -d '2001-02-03 04:05:06 UTC' a", mp)
+    assert os.stat(plain.path("a")).st_mtime == 981173106
+    assert os.stat(plain.store / "a").st_mtime == 981173106
+    atime = os.stat(plain.store / "a").st_atime
+    sh("touch -m -d '2002-01-01 00:00:00 UTC' a", mp)
+    assert os.stat(plain.store / "a").st_atime == atime
+    assert os.stat(plain.store / "a").st_mtime == 1009843200
+    src = tmp_path / "src.txt"
+    src.write_bytes(b"x" * 100_000)
+    os.utime(src, (1_500_000_000, 1_600_000_000))
+    sh(f"cp -p {src} copy.txt", mp)
+    assert os.stat(plain.path("copy.txt")).st_mtime == 1_600_000_000
+    assert os.stat(plain.store / "copy.txt").st_mtime == 1_600_000_000
+    assert (plain.store / "copy.txt").read_bytes() == src.read_bytes()
 
 
 def test_rename_semantics(plain):
@@ -278,14 +309,19 @@ def test_signal_flushes_and_unmounts(tmp_path, signum):
     try:
         fd = os.open(mount.path("pending.txt"), os.O_CREAT | os.O_WRONLY)
         os.write(fd, b"written before SIGTERM")
+        big = os.urandom(3 << 20)  # past the in-memory size: streaming into the stack
+        big_fd = os.open(mount.path("pending.bin"), os.O_CREAT | os.O_WRONLY)
+        os.write(big_fd, big)
         mount.process.send_signal(signum)
         assert mount.process.wait(timeout=20) == 0
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        for descriptor in (fd, big_fd):
+            try:
+                os.close(descriptor)
+            except OSError:
+                pass
         assert not is_mounted(mount.mountpoint)
         assert (tmp_path / "plain-store" / "pending.txt").read_bytes() == b"written before SIGTERM"
+        assert (tmp_path / "plain-store" / "pending.bin").read_bytes() == big
     finally:
         mount.stop()
 
@@ -324,13 +360,19 @@ def test_background_mount_and_unmount_commands(tmp_path):
     assert result.returncode == 1 and "not mounted" in result.stderr
 
 
-@pytest.mark.parametrize("adapter", ["os", "local-backend"])
-def test_stateful_model_through_the_kernel(plain, adapter):
+# Examples per adapter. ~25 ms per example of 10 steps through the kernel here (2 cores):
+# 300 + 300 examples add about 15 s to the suite.
+MODEL_EXAMPLES = int(os.environ.get("AIOFS_MOUNT_MODEL_EXAMPLES", "300"))
+
+
+@pytest.mark.parametrize("adapter", ["os", "local-backend", "os-streaming"])
+def test_stateful_model_through_the_kernel(tmp_path, monkeypatch, adapter):
     """aiofs's model test, driven through real os calls on the mount.
 
     ``os``: fsspec's LocalFileSystem (plain open/write/rename/unlink/mkdir on the mount);
     ``local-backend``: aiofs's LocalBackend rooted at the mount (temp file, fsync, rename
-    over the old file: the atomic-write path editors use).
+    over the old file: the atomic-write path editors use); ``os-streaming``: ``os`` on a
+    mount that keeps nothing in memory, so every write streams into the stack's writer.
     """
     from fsspec.implementations.local import LocalFileSystem
 
@@ -348,12 +390,18 @@ def test_stateful_model_through_the_kernel(plain, adapter):
                 f.seek(start)
                 return f.read(end - start)
 
+    if adapter == "os-streaming":
+        monkeypatch.setenv("AIOFS_MOUNT_SMALL_FILE", "0")
+    plain = Mount(tmp_path, "plain", tmp_path / "plain-store")
     roots = iter(range(10**9))
-    if adapter == "os":
+    if adapter in ("os", "os-streaming"):
         fs = OsCalls(auto_mkdir=True)
         factory = lambda: (fs, f"{plain.mountpoint}/run{next(roots)}")  # noqa: E731
     else:
         fs = LocalBackend(plain.mountpoint)
         factory = lambda: (fs, f"run{next(roots)}")  # noqa: E731
-    ran = run_stateful(factory, max_examples=60)
-    assert ran >= 60
+    try:
+        ran = run_stateful(factory, max_examples=MODEL_EXAMPLES)
+    finally:
+        plain.stop()
+    assert ran >= MODEL_EXAMPLES

@@ -103,3 +103,211 @@ def test_errno_table():
     assert errno_of(FileNotFoundError("x")) == errno.ENOENT
     assert errno_of(OSError(errno.ENOSPC, "disk full")) == errno.ENOSPC
     assert errno_of(RuntimeError("bug")) == errno.EIO
+
+
+def test_small_files_stay_in_memory_large_ones_spill(vfs, tmp_path):
+    from aiofs.mount import vfs as vfs_module
+
+    temp_dir = tmp_path / "cache"
+    vfs = VFS(vfs.fs, temp_dir=str(temp_dir))
+    fh = vfs.create("/small")
+    vfs.write(fh, b"x" * 4096, 0)
+    node = vfs._handles[fh].node
+    assert not node.temp.on_disk  # no temporary file for a small file
+    vfs.write(fh, b"y" * 10, vfs_module.SMALL_FILE)  # past the limit: moves to disk
+    assert node.temp.on_disk
+    assert vfs.read(fh, 4, 4094) == b"xx\0\0"
+    vfs.truncate("/small", 5000, fh)
+    vfs.release(fh)
+    assert vfs.fs.cat_file("/small") == b"x" * 4096 + b"\0" * 904
+    assert vfs._memory_used == 0
+    # A truncate far past the limit never allocates the zeros in memory.
+    fh = vfs.open("/small", os.O_RDWR)
+    vfs.truncate("/small", 1 << 30, fh)
+    assert vfs._handles[fh].node.temp.on_disk and vfs.getattr("/small", fh)["st_size"] == 1 << 30
+    vfs.truncate("/small", 3, fh)
+    vfs.release(fh)
+    assert vfs.fs.cat_file("/small") == b"xxx" and vfs._memory_used == 0
+
+
+def test_memory_budget_is_shared(vfs, monkeypatch):
+    from aiofs.mount import vfs as vfs_module
+
+    monkeypatch.setattr(vfs_module, "MEMORY_BUDGET", 10_000)
+    vfs = VFS(vfs.fs, stream_writes=False)
+    first, second = vfs.create("/a"), vfs.create("/b")
+    vfs.write(first, b"a" * 8000, 0)
+    vfs.write(second, b"b" * 8000, 0)  # over the shared budget: on disk
+    assert not vfs._handles[first].node.temp.on_disk
+    assert vfs._handles[second].node.temp.on_disk
+    vfs.release(first)
+    vfs.release(second)
+    assert vfs._memory_used == 0
+    assert vfs.fs.cat_file("/a") == b"a" * 8000 and vfs.fs.cat_file("/b") == b"b" * 8000
+
+
+def test_close_drops_the_temporary_file_and_readers_reopen(vfs):
+    from aiofs.mount import vfs as vfs_module
+
+    big = os.urandom(vfs_module.SMALL_FILE + 1)
+    vfs = VFS(vfs.fs, stream_writes=False)  # large writes in a temporary file
+    vfs.fs.pipe_file("/f", b"old content")
+    reader = vfs.open("/f", os.O_RDONLY)
+    assert vfs.read(reader, 3, 0) == b"old"
+    writer = vfs.open("/f", os.O_WRONLY | os.O_TRUNC)
+    vfs.write(writer, big, 0)
+    vfs.flush(writer)  # not the last handle: the buffer stays
+    assert vfs._handles[writer].node.temp is not None
+    vfs.release(writer)
+    assert vfs.read(reader, 8, 0) == big[:8]  # the stale read handle was replaced
+    vfs.release(reader)
+    writer = vfs.open("/f", os.O_RDWR)
+    vfs.write(writer, b"NEW", 0)
+    vfs.flush(writer)  # close(2) of the last handle: written, temporary file gone
+    node = vfs._handles[writer].node
+    assert node.temp is None and not node.dirty
+    assert vfs.read(writer, 4, 0) == b"NEW" + big[3:4]
+    vfs.write(writer, b"!", 1)  # a dup'ed descriptor may write on: reloaded from the stack
+    vfs.release(writer)
+    assert vfs.fs.cat_file("/f") == b"N!W" + big[3:]
+
+
+def test_utimens_kept_on_a_pass_through_stack_only(tmp_path):
+    store = tmp_path / "store"
+    passthrough = VFS(Layer(fs=LocalBackend(str(store))))
+    passthrough.release(passthrough.create("/t"))
+    passthrough.utimens("/t", (1_000_000_000, 2_000_000_000))
+    assert os.stat(store / "t").st_mtime_ns == 2_000_000_000
+    assert passthrough.getattr("/t")["st_mtime"] == 2.0
+    passthrough.utimens("/t", (None, 3_000_000_000))  # UTIME_OMIT for the access time
+    assert os.stat(store / "t").st_atime_ns == 1_000_000_000
+    # cp -p sets the times before close: applied once the content is in the stack
+    fh = passthrough.create("/copy")
+    passthrough.write(fh, b"data", 0)
+    passthrough.utimens("/copy", (5_000_000_000, 6_000_000_000))
+    assert passthrough.getattr("/copy", fh)["st_mtime"] == 6.0
+    passthrough.release(fh)
+    assert os.stat(store / "copy").st_mtime_ns == 6_000_000_000
+    # a write after utimens sets the time to now, as on any filesystem
+    fh = passthrough.open("/copy", os.O_WRONLY)
+    passthrough.utimens("/copy", (5_000_000_000, 6_000_000_000))
+    passthrough.write(fh, b"D", 0)
+    passthrough.release(fh)
+    assert os.stat(store / "copy").st_mtime > 1e9
+    # any other stack keeps its own times: accepted and ignored
+    from aiofs.layers.compress import Compress
+
+    other = VFS(Compress(fs=LocalBackend(str(tmp_path / "other"))))
+    assert other.stored_file("/t") is None
+    other.release(other.create("/t"))
+    before = other.getattr("/t")["st_mtime"]
+    other.utimens("/t", (1_000_000_000, 2_000_000_000))
+    assert other.getattr("/t")["st_mtime"] == before
+
+
+def test_sequential_writes_stream_to_the_stack(vfs, tmp_path):
+    from aiofs.mount import vfs as vfs_module
+
+    block = os.urandom(1 << 20)
+    vfs.fs.pipe_file("/s", b"old")
+    fh = vfs.open("/s", os.O_WRONLY | os.O_TRUNC)
+    for i in range(3):
+        vfs.write(fh, block, i << 20)
+    node = vfs._handles[fh].node
+    assert node.temp.streaming and node.temp.file is None and vfs._memory_used == 0
+    assert vfs.getattr("/s", fh)["st_size"] == 3 << 20
+    assert vfs.fs.cat_file("/s") == b"old"  # nothing visible before close(2)
+    vfs.write(fh, b"gap", (4 << 20) + 1)  # past the end: zeros in between
+    vfs.truncate("/s", (5 << 20), fh)
+    vfs.flush(fh)
+    assert node.temp is None
+    vfs.release(fh)
+    assert vfs.fs.cat_file("/s") == block * 3 + b"\0" * ((1 << 20) + 1) + b"gap" + \
+        b"\0" * ((1 << 20) - 4)
+    assert not [n for n in os.listdir(tmp_path / "store") if n != "s"]  # no temporary left
+    assert vfs_module.SMALL_FILE == 1 << 20
+
+
+def test_a_stream_meeting_a_seek_back_or_a_read_becomes_a_file(vfs):
+    block = os.urandom(3 << 20)
+    fh = vfs.create("/z.wav")
+    vfs.write(fh, b"RIFF\0\0\0\0", 0)
+    vfs.write(fh, block, 8)
+    assert vfs._handles[fh].node.temp.streaming
+    vfs.write(fh, b"\1\2\3\4", 4)  # patch the header: written to the stack, copied back
+    node = vfs._handles[fh].node
+    assert not node.temp.streaming and node.temp.on_disk
+    vfs.write(fh, b"tail", 8 + len(block))
+    vfs.release(fh)
+    assert vfs.fs.cat_file("/z.wav") == b"RIFF\1\2\3\4" + block + b"tail"
+    fh = vfs.open("/z.wav", os.O_RDWR | os.O_TRUNC)
+    vfs.write(fh, block, 0)
+    assert vfs.read(fh, 5, 10) == block[10:15]  # a read needs the content: a file again
+    vfs.truncate("/z.wav", 7, fh)
+    vfs.release(fh)
+    assert vfs.fs.cat_file("/z.wav") == block[:7]
+
+
+def test_unlink_and_rename_over_a_streaming_file(vfs):
+    block = os.urandom(2 << 20)
+    fh = vfs.create("/gone")
+    vfs.write(fh, block, 0)
+    vfs.unlink("/gone")
+    assert vfs.read(fh, 4, 100) == block[100:104]  # the open handle keeps the content
+    vfs.write(fh, b"more", len(block))
+    vfs.release(fh)
+    assert not vfs.fs.exists("/gone")
+    vfs.fs.pipe_file("/src", b"new")
+    fh = vfs.create("/dst")
+    vfs.write(fh, block, 0)
+    vfs.rename("/src", "/dst")
+    assert vfs.read(fh, 3, 0) == block[:3]  # the replaced file stays readable while open
+    vfs.release(fh)
+    assert vfs.fs.cat_file("/dst") == b"new" and not vfs.fs.exists("/src")
+
+
+def test_a_failed_stream_is_discarded(tmp_path):
+    from aiofs.layers.quota import Quota
+
+    fs = Quota(fs=LocalBackend(str(tmp_path / "q")), max_file_size=3 << 20, max_bytes=1 << 30,
+               state_dir=str(tmp_path / "state"))
+    vfs = VFS(fs)
+    fs.pipe_file("/f", b"kept")
+    fh = vfs.open("/f", os.O_WRONLY | os.O_TRUNC)
+    with pytest.raises(OSError) as info:
+        for i in range(5):
+            vfs.write(fh, b"x" * (1 << 20), i << 20)
+    assert info.value.code == "FILE_TOO_LARGE"
+    with pytest.raises(OSError):  # close(2) reports it too
+        vfs.flush(fh)
+    with pytest.raises(OSError):  # (the kernel ignores errors of release)
+        vfs.release(fh)
+    assert fs.cat_file("/f") == b"kept" and not vfs._handles and not vfs._nodes
+    fh = vfs.open("/f", os.O_WRONLY | os.O_TRUNC)  # a new content replaces the failed one
+    vfs.write(fh, b"fresh", 0)
+    vfs.release(fh)
+    assert fs.cat_file("/f") == b"fresh"
+
+
+def test_editing_a_large_existing_file_uses_a_temporary_file(vfs):
+    data = os.urandom(3 << 20)
+    vfs.fs.pipe_file("/big", data)
+    fh = vfs.open("/big", os.O_RDWR)
+    vfs.write(fh, b"edit", 5)  # loads the file: into a temporary file, never streamed
+    node = vfs._handles[fh].node
+    assert node.temp.on_disk and not node.temp.streaming
+    vfs.write(fh, b"end", len(data))
+    vfs.release(fh)
+    assert vfs.fs.cat_file("/big") == data[:5] + b"edit" + data[9:] + b"end"
+
+
+def test_an_unlinked_file_keeps_its_content_across_close_of_a_dup(vfs):
+    data = os.urandom(3 << 20)
+    fh = vfs.create("/tmpfile")  # the classic anonymous temporary file: create, unlink, use
+    vfs.unlink("/tmpfile")
+    vfs.write(fh, data, 0)
+    vfs.write(fh, b"x", 5)
+    vfs.flush(fh)  # close(2) of a dup'ed descriptor
+    assert vfs.read(fh, 10, 0) == data[:5] + b"x" + data[6:10]
+    vfs.release(fh)
+    assert not vfs.fs.exists("/tmpfile")

@@ -811,6 +811,23 @@ class Quota(Layer):
             "reconciled_at": reconciled, "db_path": self.db_path, "target": self.target_id,
         }
 
+    def stats(self) -> dict:
+        """Usage and limits for ``aiofs overview`` (the duck-typed ``stats()`` of a layer).
+
+        ``used``/``reserved``/``free``/``files`` and the limits, ``usage_percentage``
+        (``None`` when unlimited), the alert thresholds, and ``counts``: ``"logical"``
+        bytes above other layers, ``"stored"`` with ``count_internal=True``.
+        """
+        u = self.usage()
+        return {
+            "used": u["used"], "reserved": u["reserved"], "free": u["free"], "files": u["files"],
+            "max_bytes": u["max_bytes"], "max_file_size": u["max_file_size"],
+            "max_files": u["max_files"], "usage_percentage": u["percent"],
+            "thresholds": u["thresholds"], "thresholds_crossed": u["thresholds_crossed"],
+            "counts": "stored" if self.count_internal else "logical",
+            "reconciled_at": u["reconciled_at"],
+        }
+
     def statfs(self) -> dict:
         """Filesystem statistics for the mount (``df``): bytes and file counts."""
         u = self.usage()

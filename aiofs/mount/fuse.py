@@ -7,10 +7,17 @@ writes and option names differ.
 
 Kernel caching: attributes and entries are cached for ``attr_timeout`` / ``entry_timeout``
 seconds, and ``auto_cache`` keeps a file's page cache across opens while its size and mtime
-are unchanged. libfuse3 negotiates big writes by itself (``max_write`` is left alone: above
-128 KiB libfuse 3.14 fails with "reading device: Invalid argument"). The kernel writeback
-cache stays off: tried, it lost data on SIGTERM (dirty pages never reached the daemon) and
-gave ESTALE/EIO in the model test.
+are unchanged (libfuse sets ``keep_cache`` on such an open). libfuse3 negotiates big writes
+by itself (``max_write`` is left alone: above 128 KiB libfuse 3.14 fails with "reading
+device: Invalid argument"). mfusepy runs multithreaded, and operations get the raw
+``fuse_file_info`` (``raw_fi``: no per-call signature inspection in mfusepy's ``create``).
+
+The kernel writeback cache stays off. Tried twice (libfuse 3.14, ``FUSE_CAP_WRITEBACK_CACHE``
+in ``init``): bytes written to a file still open when SIGTERM arrives stay in the kernel's
+page cache and never reach the daemon (the loop has stopped before the unmount writes them
+back), so the file lands empty; without it the same bytes are already in the VFS and
+``destroy`` writes them. The first attempt also gave ESTALE/EIO in the model test. The
+benchmark's 1 MiB writes would not gain from it either.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import errno
 import functools
 import logging
 import os
+import time
 
 from aiofs.errors import ERROR_TABLE, code_for, errno_for
 from aiofs.mount.vfs import VFS, FsError
@@ -118,9 +126,12 @@ def make_operations(vfs: VFS, attr_timeout: float = 1.0, entry_timeout: float = 
             for name, exc in vfs.close():
                 log.error("could not write %s on unmount: %s", name, exc)
 
+        # raw_fi: open/create/read/write/... get the fuse_file_info itself (its ``fh``): no
+        # per-call signature inspection in mfusepy's create, and per-open flags are ours.
+
         @_translated
-        def getattr(self, path, fh=None):
-            return vfs.getattr(path, fh)
+        def getattr(self, path, fi=None):
+            return vfs.getattr(path, None if fi is None else fi.fh)
 
         @_translated
         def readdir(self, path, fh):
@@ -159,36 +170,38 @@ def make_operations(vfs: VFS, attr_timeout: float = 1.0, entry_timeout: float = 
             vfs.utimens(path, times)
 
         @_translated
-        def create(self, path, mode, flags=os.O_WRONLY):
-            return vfs.create(path, mode, flags)
+        def create(self, path, mode, fi):
+            fi.fh = vfs.create(path, mode, fi.flags)
+            return 0
 
         @_translated
-        def open(self, path, flags):
-            return vfs.open(path, flags)
+        def open(self, path, fi):
+            fi.fh = vfs.open(path, fi.flags)
+            return 0
 
         @_translated
-        def read(self, path, size, offset, fh):
-            return vfs.read(fh, size, offset)
+        def read(self, path, size, offset, fi):
+            return vfs.read(fi.fh, size, offset)
 
         @_translated
-        def write(self, path, data, offset, fh):
-            return vfs.write(fh, data, offset)
+        def write(self, path, data, offset, fi):
+            return vfs.write(fi.fh, data, offset)
 
         @_translated
-        def truncate(self, path, length, fh=None):
-            vfs.truncate(path, length, fh)
+        def truncate(self, path, length, fi=None):
+            vfs.truncate(path, length, None if fi is None else fi.fh)
 
         @_translated
-        def flush(self, path, fh):
-            vfs.flush(fh)
+        def flush(self, path, fi):
+            vfs.flush(fi.fh)
 
         @_translated
-        def fsync(self, path, datasync, fh):
-            vfs.fsync(fh, bool(datasync))
+        def fsync(self, path, datasync, fi):
+            vfs.fsync(fi.fh, bool(datasync))
 
         @_translated
-        def release(self, path, fh):
-            vfs.release(fh)
+        def release(self, path, fi):
+            vfs.release(fi.fh)
 
         def access(self, path, amode):
             if amode & os.W_OK and vfs.read_only:
@@ -196,6 +209,44 @@ def make_operations(vfs: VFS, attr_timeout: float = 1.0, entry_timeout: float = 
             return 0
 
     return Operations()
+
+
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+
+def _fuse_class(mfusepy):
+    """mfusepy's ``FUSE`` with a ``truncate`` that passes the handle of ``ftruncate`` and a
+    ``utimens`` that keeps ``UTIME_NOW``/``UTIME_OMIT``.
+
+    mfusepy turns libfuse3's two ``timespec`` into float seconds (or nanoseconds), which
+    loses the two special ``tv_nsec`` values (``touch -m`` omits the access time; libfuse
+    leaves ``tv_sec`` undefined for them). Here: nanoseconds, ``None`` for an omitted time.
+    """
+
+    class FUSE(mfusepy.FUSE):
+        def truncate_fuse_3(self, path, length, fip):
+            # mfusepy drops the file info: ftruncate(fd) would look like truncate(path),
+            # which writes the file to the stack at once instead of on close(2).
+            decoded = None if path is None else path.decode(self.encoding, self.errors)
+            return self.operations.truncate(decoded, length, fip.contents if fip else None)
+
+        def utimens_fuse_3(self, path, buf, fip):
+            times = None
+            if buf:
+                parts = []
+                for ts in (buf.contents.actime, buf.contents.modtime):
+                    if ts.tv_nsec == UTIME_OMIT:
+                        parts.append(None)
+                    elif ts.tv_nsec == UTIME_NOW:
+                        parts.append(time.time_ns())
+                    else:
+                        parts.append(ts.tv_sec * 10**9 + ts.tv_nsec)
+                times = tuple(parts)
+            decoded = None if path is None else path.decode(self.encoding, self.errors)
+            return self.operations.utimens(decoded, times)
+
+    return FUSE
 
 
 def run_mount(fs, mountpoint: str, *, name: str = "aiofs", read_only: bool = False,
@@ -218,8 +269,8 @@ def run_mount(fs, mountpoint: str, *, name: str = "aiofs", read_only: bool = Fal
     if allow_other:
         options["allow_other"] = True
     try:
-        mfusepy.FUSE(operations, mountpoint, foreground=True, nothreads=False, debug=debug,
-                     **options)
+        _fuse_class(mfusepy)(operations, mountpoint, foreground=True, nothreads=False,
+                             debug=debug, raw_fi=True, **options)
     except RuntimeError as exc:
         # libfuse3's fuse_main returns 8 when its loop was ended by SIGINT/SIGTERM/SIGHUP;
         # the mount is gone and destroy() has flushed: a clean stop, not an error.

@@ -4,14 +4,21 @@
 into calls on any fsspec filesystem (the top of a stack). It knows no layer: quotas come
 through a duck-typed ``statfs()`` method somewhere down the ``.fs`` chain.
 
-* **Writes** go to a local temporary file per open *node* (one node per path, shared by every
+* **Writes** go to a :class:`Buffer` per open *node* (one node per path, shared by every
   handle open on that path, so two handles see each other's writes) and reach the stack on
-  ``flush`` (every ``close(2)``), ``fsync`` and ``release``: one ``put_file`` of the whole
-  file, which the stack writes atomically. A file opened for writing without ``O_TRUNC`` is
-  first copied from the stack into the temporary file (streamed: files of several GiB never
-  sit in memory).
+  ``flush`` (every ``close(2)``), ``fsync`` and ``release``, atomically as the stack writes:
+  small files are buffered in memory and written with one ``pipe_file``; a file that grows
+  past :data:`SMALL_FILE` by appending (a new or truncated file written sequentially)
+  streams into the stack's own writer and is committed by closing it; anything else lives
+  in an unlinked local temporary file written with ``put_file``. A file opened for writing
+  without ``O_TRUNC`` is first copied from the stack into the buffer (streamed: files of
+  several GiB never sit in memory). Once ``close(2)`` has written the file, the temporary
+  file of the last handle is dropped at once, so its dirty pages never go to disk.
 * **Reads** of a node with no pending writes go to the stack through one read handle per open
-  handle, with a read-ahead window that doubles on sequential reads (up to ``read_ahead``).
+  handle: positional reads (``os.pread``) when the stack handed out a plain OS file object,
+  else seek + read with a read-ahead window that doubles on sequential reads (up to
+  ``read_ahead``). A read handle opened before the file changed through the mount is
+  reopened.
 * **Caches**: attributes and directory listings for ``attr_ttl`` / ``dir_ttl`` seconds,
   invalidated explicitly by every change made through this VFS (path and parent).
 * **Errors** are raised as the stack raised them; ``aiofs.mount.fuse`` maps them to errno.
@@ -20,22 +27,35 @@ through a duck-typed ``statfs()`` method somewhere down the ``.fs`` chain.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import posixpath
 import stat
 import tempfile
 import threading
+import logging
 import time
 from typing import Any
 
 from fsspec.spec import AbstractFileSystem
 
+from aiofs.layer import ATOMIC_WRITES, Layer, capabilities_of
+
 __all__ = ["VFS", "FsError"]
+
+log = logging.getLogger("aiofs.mount")
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 BLOCK = 4096
 _COPY = 1 << 22
+# Pending content up to this size stays in memory... ($AIOFS_MOUNT_SMALL_FILE: bytes, for
+# tests that want every write of a mount to stream, with 0)
+SMALL_FILE = int(os.environ.get("AIOFS_MOUNT_SMALL_FILE", 1 << 20))
+MEMORY_BUDGET = 64 << 20   # ...while all in-memory pending content stays below this
+# File objects whose descriptor holds exactly the bytes they read: os.pread on it is a read
+# through that object, without its lock, buffer and per-call overhead.
+_PLAIN_FILES = (io.BufferedReader, io.FileIO)
 
 
 class FsError(OSError):
@@ -59,21 +79,244 @@ def _mtime(entry: dict) -> float:
     return 0.0
 
 
+class Buffer:
+    """The pending content of one node, in one of three places.
+
+    * **memory**: a ``bytearray`` while the content is at most :data:`SMALL_FILE` bytes
+      (within the VFS-wide :data:`MEMORY_BUDGET`): small files need no temporary file;
+    * **stream**: content that grew past that by appending only (``cp``, ``dd``, any
+      sequential writer of a new or truncated file) goes straight into the stack's own
+      writer (``fs.open(path, "wb")``), which makes it visible atomically on close. No local
+      copy, no second pass. Only on stacks whose writes are atomic (``ATOMIC_WRITES``), so
+      nothing of a half-written file is visible and a failed write is discarded;
+    * **file**: anything else, in an unlinked temporary file in ``temp_dir``.
+
+    A stream that meets a write before its end, a read or a shrinking truncate is first
+    written to the stack (as a ``close(2)`` would) and copied back into a temporary file;
+    appends past the end are filled with zeros.
+    """
+
+    def __init__(self, vfs: VFS, node: Node):
+        self.vfs = vfs
+        self.node = node
+        self.mem = bytearray()
+        self.file: Any = None          # the temporary file once spilled
+        self.reserved = 0              # bytes of the memory budget held
+        self.stream: Any = None        # the stack's writer while streaming
+        self.stream_size = 0
+        self.error: BaseException | None = None  # a failed stream: every later call fails
+        # Set while a copy of the stack's file is loaded: an edit of a large existing file
+        # (seek, write) must not stream the whole file to the stack first.
+        self.loading = False
+
+    @property
+    def on_disk(self) -> bool:
+        return self.file is not None
+
+    @property
+    def streaming(self) -> bool:
+        return self.stream is not None
+
+    def size(self) -> int:
+        if self.stream is not None:
+            return self.stream_size
+        if self.file is not None:
+            return os.fstat(self.file.fileno()).st_size
+        return len(self.mem)
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _fits(self, end: int) -> bool:
+        """True when content of ``end`` bytes may stay in memory (reserves the budget)."""
+        if end <= self.reserved:
+            return True
+        if end > SMALL_FILE or not self.vfs._reserve_memory(end - self.reserved):
+            return False
+        self.reserved = end
+        return True
+
+    def _free_memory(self) -> None:
+        self.mem = bytearray()
+        self.vfs._release_memory(self.reserved)
+        self.reserved = 0
+
+    def _spill(self) -> None:
+        temp = self.vfs._temp()
+        try:
+            temp.write(self.mem)
+            temp.flush()
+        except BaseException:
+            temp.close()
+            raise
+        self.file = temp
+        self._free_memory()
+
+    # -- streaming ---------------------------------------------------------------------
+
+    def _may_stream(self) -> bool:
+        return self.vfs.stream_writes and not self.node.unlinked and not self.loading
+
+    def _start_stream(self) -> None:
+        writer = self.vfs.fs.open(self.node.path, "wb")
+        self.stream, self.stream_size = writer, 0
+        try:
+            if self.mem:
+                writer.write(bytes(self.mem))
+                self.stream_size = len(self.mem)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        self._free_memory()
+
+    def _stream_write(self, data, offset: int) -> None:
+        try:
+            while self.stream_size < offset:  # a gap: zeros, as a sparse file reads
+                gap = min(offset - self.stream_size, _COPY)
+                self.stream.write(bytes(gap))
+                self.stream_size += gap
+            self.stream.write(data)
+            self.stream_size += len(data)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+
+    def _fail(self, exc: BaseException) -> None:
+        """A stream write failed: discard it; the stack keeps what it had."""
+        self.error = exc
+        writer, self.stream = self.stream, None
+        if writer is not None:
+            discard = getattr(writer, "discard", None)
+            try:
+                if callable(discard):
+                    discard()
+            except Exception:  # noqa: BLE001 - the first error is the one reported
+                pass
+
+    def commit_stream(self) -> None:
+        """Close the stream: the stack stores the file (atomically) or raises."""
+        writer, self.stream = self.stream, None
+        if self.node.unlinked:  # never recreate a removed name
+            self.stream = writer
+            self._fail(FsError(errno.ENOENT, self.node.path))
+            return
+        try:
+            writer.close()
+        except BaseException as exc:
+            self.error = exc
+            raise
+        finally:
+            self.node.generation += 1
+            self.vfs.invalidate(self.node.path)
+
+    def materialize(self) -> None:
+        """Turn a stream into a temporary file: write it to the stack, copy it back."""
+        if self.stream is None:
+            return
+        self.commit_stream()
+        temp = self.vfs._temp()
+        try:
+            with self.vfs.fs.open(self.node.path, "rb") as src:
+                while block := src.read(_COPY):
+                    temp.write(block)
+            temp.flush()
+        except BaseException:
+            temp.close()
+            raise
+        self.file = temp
+
+    # -- the content -------------------------------------------------------------------
+
+    def pread(self, size: int, offset: int) -> bytes:
+        self._check()
+        if self.stream is not None:
+            self.materialize()
+        if self.file is not None:
+            return os.pread(self.file.fileno(), size, offset)
+        return bytes(self.mem[offset:offset + size])
+
+    def pwrite(self, data, offset: int) -> int:
+        self._check()
+        if self.stream is not None:
+            if offset >= self.stream_size:
+                self._stream_write(data, offset)
+                return len(data)
+            self.materialize()
+        if self.file is None:
+            if self._fits(max(offset + len(data), len(self.mem))):
+                if offset > len(self.mem):
+                    self.mem.extend(bytes(offset - len(self.mem)))
+                self.mem[offset:offset + len(data)] = data
+                return len(data)
+            if offset == len(self.mem) and self._may_stream():
+                self._start_stream()
+                self._stream_write(data, offset)
+                return len(data)
+            self._spill()
+        return os.pwrite(self.file.fileno(), data, offset)
+
+    def truncate(self, length: int) -> None:
+        self._check()
+        if self.stream is not None:
+            if length >= self.stream_size:
+                self._stream_write(b"", length)
+                return
+            self.materialize()
+        if self.file is None:
+            if length <= len(self.mem):
+                del self.mem[length:]
+                return
+            if self._fits(length):
+                self.mem.extend(bytes(length - len(self.mem)))
+                return
+            self._spill()
+        self.file.truncate(length)
+
+    def upload(self, fs: AbstractFileSystem, path: str) -> bool:
+        """Write the whole content to ``path`` on the stack (atomically, as the stack does).
+
+        Returns ``True`` when the buffer is used up (a stream was committed): the stack now
+        holds the content and the buffer holds nothing.
+        """
+        self._check()
+        if self.stream is not None:
+            self.commit_stream()
+            return True
+        if self.file is None:
+            fs.pipe_file(path, bytes(self.mem))
+            return False
+        self.file.flush()
+        fs.put_file(f"/proc/self/fd/{self.file.fileno()}", path)
+        return False
+
+    def close(self) -> None:
+        """Drop the content (a stream not committed is discarded)."""
+        if self.stream is not None:
+            self._fail(FsError(errno.EBADF, self.node.path))
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        self._free_memory()
+
+
 class Node:
-    """The open state of one path: the write-back temporary file, shared by its handles."""
+    """The open state of one path: the write-back buffer, shared by its handles."""
 
     def __init__(self, path: str):
         self.path = path
         self.lock = threading.RLock()
         self.handles = 0
-        self.temp: Any = None          # an open binary temporary file once loaded
+        self.temp: Buffer | None = None   # the pending content once loaded
         self.dirty = False
         self.unlinked = False
         self.mtime = time.time()
+        self.generation = 0               # bumped whenever the stack's file changes
+        self.times: tuple[int, int] | None = None  # utimens to apply after the next upload
 
     @property
     def size(self) -> int:
-        return os.fstat(self.temp.fileno()).st_size
+        return self.temp.size()
 
 
 class Handle:
@@ -83,6 +326,9 @@ class Handle:
         self.node = node
         self.flags = flags
         self.reader: Any = None        # read handle on the stack, opened lazily
+        self.reader_fd: int | None = None  # its descriptor, when it is a plain OS file
+        self.reader_generation = -1    # node.generation the reader was opened at
+        self.old_readers: list = []    # replaced readers (a concurrent pread may use one)
         self.lock = threading.Lock()
         self.buf = b""
         self.buf_start = 0
@@ -101,8 +347,13 @@ class VFS:
         dir_ttl: float = 1.0,
         read_ahead: int = 8 << 20,
         temp_dir: str | None = None,
+        stream_writes: bool | None = None,
     ):
         self.fs = fs
+        # Sequential writes past SMALL_FILE go straight to the stack's writer, where the
+        # stack writes atomically (nothing half-written is ever visible).
+        self.stream_writes = (ATOMIC_WRITES in capabilities_of(fs)) if stream_writes is None \
+            else stream_writes
         self.read_only = read_only
         self.attr_ttl = attr_ttl
         self.dir_ttl = dir_ttl
@@ -118,6 +369,7 @@ class VFS:
         self._dirs: dict[str, tuple[float, dict[str, dict]]] = {}
         # Bumped by every invalidation: a lookup that raced with a change is not cached.
         self._generation = 0
+        self._memory_used = 0
         self.uid = os.getuid()
         self.gid = os.getgid()
         self.started = time.time()
@@ -329,8 +581,10 @@ class VFS:
             node = self._nodes.get(path)
         if node is not None:
             with node.lock:
+                if node.temp is not None and node.temp.streaming:
+                    node.temp.materialize()  # open handles keep the content...
                 if node.temp is None and self._lookup(path) is not None:
-                    self._load(node, truncate=False)  # open handles keep the content
+                    self._load(node, truncate=False)  # ...in a buffer of their own
                 node.unlinked = True
                 node.dirty = False
             with self._lock:
@@ -362,6 +616,12 @@ class VFS:
         if node is not None:  # pending writes reach the stack under the old name first
             with node.lock:
                 self._upload(node)
+        with self._lock:
+            target = self._nodes.get(new)
+        if target is not None:  # the replaced file's open handles keep its content
+            with target.lock:
+                if target.temp is not None and target.temp.streaming:
+                    target.temp.materialize()
         src = self._lookup(old)
         if src is None:
             raise FsError(errno.ENOENT, old)
@@ -408,9 +668,66 @@ class VFS:
         """Accepted and ignored: everything belongs to the mounting user."""
         self.getattr(path)
 
-    def utimens(self, path: str, times=None) -> None:
-        """Accepted; times are not stored (the stack keeps its own modification times)."""
-        self.getattr(path)
+    def stored_file(self, path: str) -> str | None:
+        """The local file that *is* the logical file ``path``, or ``None``.
+
+        Only for a pure pass-through stack (nothing but plain :class:`~aiofs.layer.Layer`
+        instances) over a rooted local directory (``aiofs-local``), where the bytes and the
+        name of a file are stored as they are. Any layer that changes bytes, names or keeps
+        its own metadata (compression, versions...) makes this ``None``.
+        """
+        current: Any = self.fs
+        while type(current) is Layer:
+            current = current.fs
+        root = getattr(current, "root", None)
+        if getattr(current, "protocol", None) != "aiofs-local" or not isinstance(root, str):
+            return None
+        rel = self._stack_path(path).lstrip("/")
+        return os.path.join(root, rel) if rel else root
+
+    def utimens(self, path: str, times: tuple[int | None, int | None] | None = None) -> None:
+        """Set access/modification times (nanoseconds; ``None`` = now, a ``None`` part = omit).
+
+        Kept when the stack is a pure pass-through over a local directory (times go on the
+        stored file; for a file with pending writes, right after they reach the stack).
+        Ignored otherwise: such stacks keep their own modification times.
+        """
+        self._check_writable()
+        path = self._stack_path(path)
+        self.getattr(path)  # ENOENT
+        if self.stored_file(path) is None:
+            return
+        with self._lock:
+            node = self._nodes.get(path)
+        if node is not None:
+            with node.lock:
+                if node.dirty and not node.unlinked:
+                    node.times = times if times is not None else (time.time_ns(), time.time_ns())
+                    if node.times[1] is not None:
+                        node.mtime = node.times[1] / 1e9
+                    return
+        self._apply_times(path, times)
+
+    def _apply_times(self, path: str, times) -> None:
+        stored = self.stored_file(path)
+        if stored is None:
+            return
+        try:
+            if times is None:
+                os.utime(stored)
+            else:
+                atime, mtime = times
+                if atime is None or mtime is None:
+                    st = os.stat(stored)
+                    atime = st.st_atime_ns if atime is None else atime
+                    mtime = st.st_mtime_ns if mtime is None else mtime
+                os.utime(stored, ns=(atime, mtime))
+        finally:
+            with self._lock:
+                node = self._nodes.get(path)
+            if node is not None:
+                node.times = None
+            self.invalidate(path)
 
     # -- open files ------------------------------------------------------------------------
 
@@ -432,24 +749,54 @@ class VFS:
     def _temp(self):
         return tempfile.TemporaryFile(dir=self.temp_dir, prefix="aiofs-mount-")
 
+    def _reserve_memory(self, nbytes: int) -> bool:
+        with self._lock:
+            if self._memory_used + nbytes > MEMORY_BUDGET:
+                return False
+            self._memory_used += nbytes
+            return True
+
+    def _release_memory(self, nbytes: int) -> None:
+        if nbytes:
+            with self._lock:
+                self._memory_used -= nbytes
+
     def _load(self, node: Node, truncate: bool) -> None:
-        """Give ``node`` its temporary file: empty, or a streamed copy of the stack's file."""
+        """Give ``node`` its buffer: empty, or a streamed copy of the stack's file."""
         if node.temp is not None:
             return
-        temp = self._temp()
+        buffer = Buffer(self, node)
+        buffer.loading = True
         try:
             if not truncate:
                 try:
                     with self.fs.open(node.path, "rb") as src:  # streamed, never all in memory
+                        offset = 0
                         while block := src.read(_COPY):
-                            temp.write(block)
+                            offset += buffer.pwrite(block, offset)
                 except FileNotFoundError:
                     pass
-                temp.flush()
         except BaseException:
-            temp.close()
+            buffer.close()
             raise
-        node.temp = temp
+        buffer.loading = False
+        node.temp = buffer
+
+    def _fresh_content(self, node: Node) -> None:
+        """``O_CREAT``/``O_TRUNC``: the node's content becomes empty (caller holds the lock)."""
+        if node.temp is not None and (node.temp.streaming or node.temp.error is not None):
+            self._drop_buffer(node)  # an unfinished or failed stream is replaced, not kept
+        if node.temp is None:
+            self._load(node, truncate=True)
+        else:
+            node.temp.truncate(0)
+
+    def _drop_buffer(self, node: Node) -> None:
+        """Forget a clean node's buffer: reads go to the stack again (caller holds the lock)."""
+        if node.temp is not None:
+            node.temp.close()
+            node.temp = None
+            node.generation += 1
 
     def create(self, path: str, mode: int = FILE_MODE, flags: int = os.O_WRONLY) -> int:
         self._check_writable()
@@ -462,11 +809,9 @@ class VFS:
         node = self._node(path)
         try:
             with node.lock:
-                if node.temp is None:
-                    self._load(node, truncate=True)
-                else:
-                    node.temp.truncate(0)
+                self._fresh_content(node)
                 node.dirty = True  # the (empty) file reaches the stack on flush/close
+                node.times = None
                 node.mtime = time.time()
         except BaseException:
             self._drop_node_ref(node)
@@ -491,11 +836,9 @@ class VFS:
         try:
             if flags & os.O_TRUNC and flags & (os.O_WRONLY | os.O_RDWR):
                 with node.lock:
-                    if node.temp is None:
-                        self._load(node, truncate=True)
-                    else:
-                        node.temp.truncate(0)
+                    self._fresh_content(node)
                     node.dirty = True
+                    node.times = None
                     node.mtime = time.time()
         except BaseException:
             self._drop_node_ref(node)
@@ -514,14 +857,29 @@ class VFS:
         if node.temp is not None:
             with node.lock:
                 if node.temp is not None:
-                    return os.pread(node.temp.fileno(), size, offset)
+                    return node.temp.pread(size, offset)
+        fd = handle.reader_fd
+        if fd is not None and handle.reader_generation == node.generation:
+            return os.pread(fd, size, offset)  # no lock: positional reads run in parallel
         with handle.lock:
+            if handle.reader is not None and handle.reader_generation != node.generation:
+                # The file changed through the mount since this reader was opened. A
+                # concurrent pread may still use the old descriptor: closed at release.
+                handle.old_readers.append(handle.reader)
+                handle.reader = handle.reader_fd = None
+                handle.buf, handle.buf_start, handle.next_offset = b"", 0, -1
+            if handle.reader is None:
+                generation = node.generation
+                handle.reader = self.fs.open(node.path, "rb")
+                handle.reader_generation = generation
+                if type(handle.reader) in _PLAIN_FILES:
+                    handle.reader_fd = handle.reader.fileno()
+            if handle.reader_fd is not None:
+                return os.pread(handle.reader_fd, size, offset)
             buf_end = handle.buf_start + len(handle.buf)
             if handle.buf_start <= offset and offset + size <= buf_end:
                 start = offset - handle.buf_start
                 return handle.buf[start:start + size]
-            if handle.reader is None:
-                handle.reader = self.fs.open(node.path, "rb")
             if offset == handle.next_offset:
                 handle.window = min(handle.window * 2, self.read_ahead)
             else:
@@ -542,8 +900,9 @@ class VFS:
                 self._load(node, truncate=False)
             if handle.flags & os.O_APPEND:
                 offset = node.size
-            written = os.pwrite(node.temp.fileno(), data, offset)
+            written = node.temp.pwrite(data, offset)
             node.dirty = True
+            node.times = None
             node.mtime = time.time()
         return written
 
@@ -556,6 +915,7 @@ class VFS:
                     self._load(node, truncate=length == 0)
                 node.temp.truncate(length)
                 node.dirty = True
+                node.times = None
                 node.mtime = time.time()
             return
         path = self._stack_path(path)
@@ -573,41 +933,58 @@ class VFS:
                     self._load(node, truncate=length == 0)
                 node.temp.truncate(length)
                 node.dirty = True
+                node.times = None
                 node.mtime = time.time()
                 self._upload(node)
         finally:
             self._drop_node_ref(node)
 
     def _upload(self, node: Node) -> None:
-        """Write a dirty node's temporary file to the stack (the caller holds ``node.lock``)."""
+        """Write a dirty node's buffer to the stack (the caller holds ``node.lock``)."""
         if not node.dirty or node.temp is None or node.unlinked:
             return
-        node.temp.flush()
-        name = f"/proc/self/fd/{node.temp.fileno()}"
         try:
-            self.fs.put_file(name, node.path)
+            used_up = node.temp.upload(self.fs, node.path)
         finally:
+            node.generation += 1
             self.invalidate(node.path)
         node.dirty = False
+        if used_up:  # a committed stream: reads go to the stack, later writes reload
+            self._drop_buffer(node)
+        if node.times is not None:
+            try:
+                self._apply_times(node.path, node.times)
+            except OSError as exc:  # the content is stored; only its times are not
+                log.warning("could not set the times of %s: %s", node.path, exc)
 
     def flush(self, fh: int) -> None:
+        """``close(2)``: write pending changes; the last handle then drops a temporary file."""
         node = self._handle(fh).node
         with node.lock:
             self._upload(node)
+            # The stack has every byte: a temporary file closed now (before close(2)
+            # returns) takes its dirty pages with it instead of leaving them to writeback
+            # or to the caller's next sync(). Later writes (a dup'ed descriptor) reload.
+            if node.handles == 1 and node.temp is not None and node.temp.on_disk \
+                    and not node.dirty and not node.unlinked:
+                self._drop_buffer(node)
 
     def fsync(self, fh: int, datasync: bool = False) -> None:
-        self.flush(fh)
+        node = self._handle(fh).node
+        with node.lock:
+            self._upload(node)
 
     def release(self, fh: int) -> None:
         with self._lock:
             handle = self._handles.pop(fh, None)
         if handle is None:
             return
-        if handle.reader is not None:
-            try:
-                handle.reader.close()
-            except Exception:  # noqa: BLE001
-                pass
+        for reader in [handle.reader, *handle.old_readers]:
+            if reader is not None:
+                try:
+                    reader.close()
+                except Exception:  # noqa: BLE001
+                    pass
         node = handle.node
         try:
             with node.lock:

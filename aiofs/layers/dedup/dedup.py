@@ -28,7 +28,6 @@ import io
 import os
 import posixpath
 import threading
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import blake3
@@ -128,8 +127,6 @@ class Dedup(Layer):
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0
         self._pool_lock = threading.Lock()
-        # at garbage collection or, if still alive, at exit (finalize's atexit flag)
-        weakref.finalize(self, _release_at_exit, self.locks)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -552,13 +549,6 @@ def _chunk_whole(config: fmt.StoreConfig, value: bytes):
 
 def _rebuild(fs, options):
     return Dedup(fs=fs, **options)
-
-
-def _release_at_exit(locks: StoreLocks) -> None:
-    try:
-        locks.release()
-    except Exception:
-        pass
 
 
 # -- files -------------------------------------------------------------------------------------

@@ -14,14 +14,20 @@ collection. Each records host, pid and the time it was written.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import posixpath
 import socket
 import time
+import weakref
 
 from aiofs.errors import Conflict
 from aiofs.layer import internal_access
+
+# Writers holding a lock, released at exit. Never from a finalizer: garbage collection may
+# run in the middle of an iteration over the very store the release would modify.
+_HOLDERS: weakref.WeakSet = weakref.WeakSet()
 
 REFRESH = 300.0
 STALE = 1800.0
@@ -53,8 +59,8 @@ class StoreLocks:
                 except FileNotFoundError:
                     return {}
                 except (KeyError, RuntimeError):
-                    # fsspec's memory fs, listing while another thread (a finalizer releasing
-                    # a lock) removes an entry: list again
+                    # fsspec's memory fs is not thread-safe: listing while another thread
+                    # removes a lock fails this way; list again
                     if attempt == 2:
                         raise
             out = {}
@@ -80,6 +86,7 @@ class StoreLocks:
             self.store.fs.makedirs(self.store.locks_dir, exist_ok=True)
             self.store.fs.pipe_file(self.writer_lock, self._body("writer"))
         self._refreshed_at = now
+        _HOLDERS.add(self)
         deadline = time.monotonic() + GC_WAIT
         while True:
             running = [n for n, b in self._locks().items()
@@ -120,8 +127,18 @@ class StoreLocks:
         if self._refreshed_at is None:
             return
         self._refreshed_at = None
+        _HOLDERS.discard(self)
         with internal_access():
             try:
                 self.store.fs.rm_file(self.writer_lock)
             except Exception:
                 pass
+
+
+@atexit.register
+def _release_all() -> None:
+    for locks in list(_HOLDERS):
+        try:
+            locks.release()
+        except Exception:  # exiting: a lock left behind goes stale on its own
+            pass
