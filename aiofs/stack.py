@@ -31,8 +31,10 @@ LAYER_TYPES: dict[str, str] = {
     "compress": "aiofs.layers.compress:Compress",
     "dedup": "aiofs.layers.dedup:Dedup",
     "encrypt": "aiofs.layers.encrypt:Encrypt",
+    "offline": "aiofs.layers.offline:Offline",
     "quota": "aiofs.layers.quota:Quota",
     "validate": "aiofs.layers.validate:Validate",
+    "versioning": "aiofs.layers.versioning:Versioning",
 }
 
 BACKEND_TYPES: dict[str, str] = {

@@ -12,8 +12,10 @@ _LAYERS = {
     "Compress": "aiofs.layers.compress",
     "Dedup": "aiofs.layers.dedup",
     "Encrypt": "aiofs.layers.encrypt",
+    "Offline": "aiofs.layers.offline",
     "Quota": "aiofs.layers.quota",
     "Validate": "aiofs.layers.validate",
+    "Versioning": "aiofs.layers.versioning",
 }
 
 __all__ = sorted(_LAYERS)
