@@ -166,6 +166,8 @@ _STAMP_FALLBACK_KEYS = ("created",)    # fsspec memory: a new file object per wr
 
 
 def _stamp_value(value) -> str:
+    if type(value) is float:  # the common case first: this runs once per listed file
+        return repr(value)
     if isinstance(value, datetime.datetime):
         return repr(value.timestamp())
     if isinstance(value, float):
@@ -178,13 +180,23 @@ def stamp_of(entry: dict) -> str | None:
 
     An entry without any such key is never cached (its size is read every time).
     """
-    parts = [f"{k}={_stamp_value(entry[k])}" for k in _STAMP_KEYS if entry.get(k) is not None]
+    get = entry.get
+    parts = []
+    for key in _STAMP_KEYS:
+        value = get(key)
+        if value is not None:
+            parts.append(f"{key}={_stamp_value(value)}")
     if not parts:
-        parts = [f"{k}={_stamp_value(entry[k])}" for k in _STAMP_FALLBACK_KEYS
-                 if entry.get(k) is not None]
-    if not parts:
-        return None
-    parts += [f"{k}={_stamp_value(entry[k])}" for k in _STAMP_EXTRA_KEYS if entry.get(k) is not None]
+        for key in _STAMP_FALLBACK_KEYS:
+            value = get(key)
+            if value is not None:
+                parts.append(f"{key}={_stamp_value(value)}")
+        if not parts:
+            return None
+    for key in _STAMP_EXTRA_KEYS:
+        value = get(key)
+        if value is not None:
+            parts.append(f"{key}={_stamp_value(value)}")
     return ";".join(parts)
 
 

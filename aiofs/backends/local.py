@@ -38,9 +38,8 @@ from aiofs.errors import (
     NotFound,
 )
 from aiofs.layer import (
-    ATOMIC_WRITES, EMPTY_DIRECTORIES, RANGE_READS, SERVER_SIDE_COPY, SafeTextWrites, has_glob,
-    hide_internal_path,
-    internals_visible, is_internal, refuse_internal_write,
+    ATOMIC_WRITES, EMPTY_DIRECTORIES, INTERNAL_DIR, RANGE_READS, SERVER_SIDE_COPY, SafeTextWrites,
+    has_glob, hide_internal_path, internals_visible, is_internal, refuse_internal_write,
 )
 
 TEMP_PREFIX = ".aiofs-tmp-"
@@ -303,6 +302,57 @@ class LocalBackend(SafeTextWrites, AbstractFileSystem):
                     continue
                 entries.append(self._entry(prefix + name, st))
         return entries
+
+    def find(self, path, maxdepth=None, withdirs=False, detail=False, **kwargs):
+        """Every file below ``path`` (and directories with ``withdirs``), as fsspec's ``find``.
+
+        One ``scandir`` per directory and no per-directory ``ls`` call: listings of whole
+        stores (overview, gc, recounts) walk thousands of directories.
+        """
+        if maxdepth is not None and maxdepth < 1:
+            raise ValueError("maxdepth must be at least 1")
+        rel = self._relative(path)
+        name = "/" + rel if rel else ""
+        out: dict[str, dict] = {}
+        show_internal = internals_visible()
+        if is_internal(rel) and not show_internal:
+            return {} if detail else []
+        full = f"{self.root}/{rel}" if rel else self.root
+        try:
+            top = os.stat(full)
+        except (FileNotFoundError, NotADirectoryError):
+            return {} if detail else []
+        if not stat_module.S_ISDIR(top.st_mode):
+            out[name] = self._entry(name, top)
+        else:
+            if withdirs and name:
+                out[name] = self._entry(name, top)
+            pending = [(full, name + "/", 1)]
+            while pending:
+                directory, prefix, depth = pending.pop()
+                try:
+                    scanner = os.scandir(directory)
+                except (FileNotFoundError, NotADirectoryError):  # removed while we walked
+                    continue
+                with scanner:
+                    for item in scanner:
+                        child = item.name
+                        if child.startswith(TEMP_PREFIX) or (child == INTERNAL_DIR and not show_internal):
+                            continue
+                        try:
+                            st = item.stat()
+                        except FileNotFoundError:
+                            continue
+                        entry = self._entry(prefix + child, st)
+                        if entry["type"] == "directory":
+                            if withdirs:
+                                out[entry["name"]] = entry
+                            if maxdepth is None or depth < maxdepth:
+                                pending.append((f"{directory}/{child}", prefix + child + "/", depth + 1))
+                        else:
+                            out[entry["name"]] = entry
+        names = sorted(out)
+        return {n: out[n] for n in names} if detail else names
 
     def created(self, path):
         return datetime.datetime.fromtimestamp(self.info(path)["created"], tz=datetime.timezone.utc)

@@ -279,19 +279,28 @@ def _collect_locked(layer, repack_threshold: float, safety_window: float, dry_ru
 
 
 def stats(layer) -> dict:
-    """Logical and stored bytes, dedup ratio, chunk and pack counts (cheap: listings only)."""
+    """Logical and stored bytes, dedup ratio, chunk and pack counts (cheap: listings only).
+
+    One listing of the whole target (internals included) serves every figure: the user's
+    manifests give the logical bytes (sizes from the manifest cache), our own directory
+    the packs and index files, and every other object counts as stored as it is.
+    """
     store = layer.store
-    logical = sum(e["size"] for e in layer.find(layer.fs.root_marker or "", detail=True).values()
-                  if e.get("type") == "file")
     own = _store_prefix(layer)
     with internal_access():
         try:
-            internal = layer.fs.find(own, detail=True)
+            everything = layer.fs.find(layer.fs.root_marker or "", detail=True)
         except FileNotFoundError:
-            internal = {}
-        manifests_stored = sum(e.get("size", 0) for n, e in
-                               layer.fs.find(layer.fs.root_marker or "", detail=True).items()
-                               if e.get("type") == "file" and not n.startswith(own + "/"))
+            everything = {}
+    internal, visible, manifests_stored = {}, [], 0
+    for name, entry in everything.items():
+        if name.startswith(own + "/"):
+            internal[name] = entry
+        elif entry.get("type") == "file":
+            manifests_stored += entry.get("size", 0)
+            if not is_internal(name):
+                visible.append(entry)
+    logical = sum(e["size"] for e in layer._logical_entries(visible))
     packs = [e for n, e in internal.items() if n.startswith(store.packs_dir + "/")]
     stored = sum(e.get("size", 0) for e in internal.values()) + manifests_stored
     if store.config() is not None:
