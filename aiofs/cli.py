@@ -868,6 +868,179 @@ def demo(ctx, stack):
     run_demo(stack, ctx.obj, echo=click.echo)
 
 
+# -- versions (issue 5; logic in aiofs/layers/versioning/) ---------------------------------------
+
+
+def _versioning(ctx: click.Context, argument: str):
+    """``(target, Versioning layer)`` of a ``STACK:/path`` argument, or a clear error."""
+    from aiofs.layer import find_layer
+    from aiofs.layers.versioning import Versioning
+
+    target = _target(ctx, argument)
+    layer = find_layer(target.fs, Versioning)
+    if layer is None:
+        raise InvalidArgument(f"stack {target.stack!r} keeps no versions ({target.fs!r}); add "
+                              f"{{ type = \"versioning\" }} to its layers in the config file")
+    return target, layer
+
+
+def _version_arg(value: str):
+    """A version on the command line: a number (``3``, ``v3``) or a version id."""
+    return int(value) if value.isdigit() else value
+
+
+def _version_line(v: dict) -> str:
+    when = (v["timestamp"] or "")[:19].replace("T", " ")
+    who = v["user"] or "-"
+    text = f"v{v['version_number']:<4} {when}  {_human(v['size'] or 0):>10}  {who:<12} {v['change']:<9}"
+    if v.get("autosave"):
+        text += " autosave"
+    if v["description"]:
+        text += f"  {v['description']}"
+    if v["pinned"]:
+        text += "  [pinned]"
+    return text
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def versions(ctx, path, as_json):
+    """The timeline of a file's earlier versions, newest first."""
+    target, layer = _versioning(ctx, path)
+    listed = layer.versions(target.path)
+    if as_json:
+        _echo_json({"path": target.display(target.path), "versions": listed})
+        return
+    try:
+        current = target.fs.info(target.path)
+        click.echo(f"{target.display(target.path)}: current {_human(current.get('size', 0))}, "
+                   f"{len(listed)} earlier version(s)")
+    except FileNotFoundError:
+        click.echo(f"{target.display(target.path)}: deleted, {len(listed)} version(s) "
+                   f"(`aiofs restore` brings it back)")
+    for v in listed:
+        click.echo("  " + _version_line(v))
+
+
+@cli.command()
+@click.argument("path")
+@click.argument("a")
+@click.argument("b", default="current")
+@click.option("--side-by-side", is_flag=True, help="Two columns instead of a unified diff.")
+@click.option("--width", type=int, default=60, show_default=True, help="Column width.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def diff(ctx, path, a, b, side_by_side, width, as_json):
+    """Compare two versions of a file (B defaults to the current content)."""
+    from aiofs.layers.versioning.compare import side_by_side_text
+
+    target, layer = _versioning(ctx, path)
+    result = layer.compare(target.path, _version_arg(a), "current" if b == "current" else _version_arg(b))
+    if as_json:
+        _echo_json(result)
+        return
+    d, content = result["differences"], result["content"]
+    names = [("current" if s["version_id"] == "current" else f"v{s['version_number']}")
+             for s in (result["a"], result["b"])]
+    seconds = d["time_between_seconds"]
+    click.echo(f"{target.display(target.path)}: {names[0]} -> {names[1]}: "
+               f"{d['size_change_bytes']:+d} bytes"
+               + ("" if seconds is None else f", {seconds / 3600:.1f} h apart")
+               + (", same content" if not d["hash_changed"] else "")
+               + ("" if d["same_user"] else f", by {d['users']['a'] or '-'} -> {d['users']['b'] or '-'}"))
+    kind = content["type"]
+    if kind in ("text", "json"):
+        if kind == "json" and content.get("layers"):
+            layers = content["layers"]
+            click.echo(f"layers: +{layers['added']} -{layers['removed']} changed {layers['changed']}")
+        if kind == "json":
+            for item in content["added"][:50]:
+                click.echo(f"  added   {item['path']}")
+            for item in content["removed"][:50]:
+                click.echo(f"  removed {item['path']}")
+            for item in content["changed"][:50]:
+                click.echo(f"  changed {item['path']}: {item['old']!r} -> {item['new']!r}")
+        if side_by_side:
+            click.echo(side_by_side_text(content["side_by_side"], width))
+        elif content["unified"]:
+            click.echo(content["unified"])
+    elif kind == "image":
+        for side, name in (("a", names[0]), ("b", names[1])):
+            i = content[side]
+            click.echo(f"  {name}: {i['format']} {i['width']}x{i['height']} {i['mode']}")
+        ratio = content["pixels_changed_ratio"]
+        click.echo("  pixels changed: " + ("n/a (dimensions differ)" if ratio is None else f"{ratio:.2%}"))
+    else:
+        click.echo(f"  {content['bytes_changed']} bytes changed in {len(content['changed_ranges'])} range(s)")
+        for start, end in content["changed_ranges"][:20]:
+            click.echo(f"    [{start}, {end})")
+    if content.get("note"):
+        click.echo(f"note: {content['note']}", err=True)
+
+
+@cli.command()
+@click.argument("path")
+@click.argument("version")
+@click.option("-m", "--message", default=None, help="Description recorded for the revert.")
+@click.pass_context
+def revert(ctx, path, version, message):
+    """Make VERSION the current content (the current content is kept as a version)."""
+    target, layer = _versioning(ctx, path)
+    kept = layer.revert(target.path, _version_arg(version), description=message)
+    click.echo(f"{target.display(target.path)}: reverted to {version}"
+               + (f"; previous content kept as v{kept['version_number']}" if kept else ""))
+
+
+@cli.command()
+@click.argument("path")
+@click.argument("version")
+@click.option("--unpin", "do_unpin", is_flag=True, help="Remove the pin instead.")
+@click.pass_context
+def pin(ctx, path, version, do_unpin):
+    """Keep VERSION beyond the version limits (--unpin lets it go again)."""
+    target, layer = _versioning(ctx, path)
+    method = layer.unpin if do_unpin else layer.pin
+    v = method(target.path, _version_arg(version))
+    click.echo(f"{target.display(target.path)}: v{v['version_number']} "
+               + ("unpinned" if do_unpin else "pinned"))
+
+
+@cli.command()
+@click.argument("path")
+@click.argument("version")
+@click.pass_context
+def unpin(ctx, path, version):
+    """Let a pinned VERSION fall under the version limits again."""
+    target, layer = _versioning(ctx, path)
+    v = layer.unpin(target.path, _version_arg(version))
+    click.echo(f"{target.display(target.path)}: v{v['version_number']} unpinned")
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--version", "version", default=None, help="Restore this version (default: the last).")
+@click.option("--list", "list_only", is_flag=True, help="List restorable deleted files below PATH.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (with --list).")
+@click.pass_context
+def restore(ctx, path, version, list_only, as_json):
+    """Bring back a deleted file (or --list the deleted files below PATH)."""
+    target, layer = _versioning(ctx, path)
+    if list_only:
+        gone = layer.deleted(target.path if target.path != target.fs.root_marker else "")
+        if as_json:
+            _echo_json({"deleted": gone})
+            return
+        for d in gone:
+            click.echo(f"{(d['deleted_at'] or '')[:19].replace('T', ' ')}  {_human(d['size'] or 0):>10}  "
+                       f"{target.display(d['path'])}")
+        click.echo(f"{len(gone)} deleted file(s) can be restored")
+        return
+    v = layer.restore(target.path, None if version is None else _version_arg(version))
+    click.echo(f"{target.display(target.path)}: restored v{v['version_number']} ({_human(v['size'] or 0)})")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``aiofs`` command."""
     cli.main(args=argv, prog_name="aiofs")

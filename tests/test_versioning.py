@@ -560,3 +560,52 @@ def test_cleanup_offers_versions_beyond_the_rules(tmp_path):
     with internal_access():
         data_dir = f"{ROOT}/files/{path_key('a.txt')[:2]}/{path_key('a.txt')}/data"
         assert len(stricter.fs.ls(data_dir)) == 3
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def test_cli_versions_diff_revert_pin_restore(tmp_path, isolated_storage):
+    from click.testing import CliRunner
+
+    from aiofs.cli import cli
+
+    config = tmp_path / "aiofs.toml"
+    config.write_text(
+        f'[stacks.v]\nlayers = [{{ type = "versioning", lock_dir = "{tmp_path / "locks"}" }}, '
+        f'{{ type = "dedup", cache_dir = "{tmp_path / "cache"}" }}]\n'
+        f'backend = {{ type = "local", root = "{tmp_path / "vstore"}" }}\n')
+
+    def run(*args, code=0):
+        result = CliRunner().invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result.output
+
+    local = tmp_path / "a.txt"
+    for text in ("one\n", "two\n", "two\nthree\n"):
+        local.write_text(text)
+        run("put", str(local), "v:/a.txt")
+    timeline = run("versions", "v:/a.txt")
+    assert "2 earlier version(s)" in timeline and timeline.count("overwrite") == 2
+    listed = json.loads(run("versions", "--json", "v:/a.txt"))["versions"]
+    assert [v["version_number"] for v in listed] == [2, 1]
+    assert "-one\n+two" in run("diff", "v:/a.txt", "1", "2")
+    assert "> three" in run("diff", "v:/a.txt", "2", "--side-by-side")
+    assert json.loads(run("diff", "--json", "v:/a.txt", "1", "2"))["differences"]["hash_changed"]
+    assert "v1 pinned" in run("pin", "v:/a.txt", "1")
+    assert "[pinned]" in run("versions", "v:/a.txt")
+    assert "v1 unpinned" in run("unpin", "v:/a.txt", "1")
+    assert "kept as v3" in run("revert", "v:/a.txt", "v1", "-m", "back to one")
+    assert run("cat", "v:/a.txt") == "one\n"
+    run("put", str(local), "v:/a.txt")
+    assert "back to one" in run("versions", "v:/a.txt")   # the reverted content's description
+    run("revert", "v:/a.txt", "4")
+    run("rm", "v:/a.txt")
+    assert "/a.txt" in run("restore", "v:/", "--list")
+    assert "restored v6" in run("restore", "v:/a.txt")
+    assert run("cat", "v:/a.txt") == "one\n"
+    assert "v0001 " in run("ls", "v:/.versions/a.txt")
+    result = CliRunner().invoke(cli, ["--config", str(config), "revert", "v:/a.txt", "99"])
+    assert result.exit_code == 1 and "VERSION_NOT_FOUND" in result.output
+    result = CliRunner().invoke(cli, ["--config", str(config), "versions", "v:/never.txt"])
+    assert result.exit_code == 1 and "NOT_FOUND" in result.output

@@ -75,6 +75,7 @@ HASH_BLOCK = 8 << 20
 
 _RECORD_RE = re.compile(r"^v(\d{8,})\.json$")
 _PIN_RE = re.compile(r"^v(\d{8,})\.pin$")
+_CLAIMED_RE = re.compile(r"^v(\d{8,})\.(?:json|void)$")
 _VNAME_RE = re.compile(r"^v(\d+)(?: .*)?$")
 
 # Metadata for writes made inside ``Versioning.context(...)`` (per thread / task).
@@ -192,6 +193,8 @@ class Versioning(Layer):
         self.locks = StripeLocks(self.lock_dir, target_identity(self.fs))
         # key -> {record name: (stamp, record)}; records are immutable, the stamp guards reuse
         self._records_cache: collections.OrderedDict = collections.OrderedDict()
+        # key -> (names in the history directory, path, versions() result built from them)
+        self._public_cache: dict[str, tuple] = {}
         self._cache_lock = threading.Lock()
 
     def __reduce__(self):
@@ -270,17 +273,22 @@ class Versioning(Layer):
 
     # -- history store -------------------------------------------------------------------------
 
-    def _listing(self, key: str) -> dict[str, dict]:
-        """``name -> target entry`` of one file's history directory (``{}`` if none)."""
+    def _listing(self, key: str) -> set[str]:
+        """Names in one file's history directory (empty if it has none).
+
+        Names only (no ``stat`` of each object, no logical sizes from the layers below):
+        records are immutable and a record name is never reused (see :meth:`_claim`), so the
+        set of names alone says whether what is cached still holds.
+        """
         with internal_access():
             try:
-                entries = self.fs.ls(self._hdir(key), detail=True)
+                names = self.fs.ls(self._hdir(key), detail=False)
             except (FileNotFoundError, NotADirectoryError):
-                return {}
-        return {posixpath.basename(e["name"].rstrip("/")): e for e in entries}
+                return set()
+        return {posixpath.basename(n.rstrip("/")) for n in names}
 
-    def _records(self, key: str, listing: dict[str, dict]) -> dict[int, dict]:
-        """``number -> stored record`` for the records in ``listing`` (cached by stamp)."""
+    def _records(self, key: str, listing: set[str]) -> dict[int, dict]:
+        """``number -> stored record`` for the records named in ``listing`` (cached)."""
         with self._cache_lock:
             cached = self._records_cache.get(key)
             if cached is not None:
@@ -288,14 +296,13 @@ class Versioning(Layer):
             cached = dict(cached or {})
         out: dict[int, dict] = {}
         missing: list[str] = []
-        for name, entry in listing.items():
+        for name in listing:
             match = _RECORD_RE.match(name)
             if not match:
                 continue
-            stamp = stamp_of(entry)
             hit = cached.get(name)
-            if hit is not None and stamp is not None and hit[0] == stamp:
-                out[int(match.group(1))] = hit[1]
+            if hit is not None:
+                out[int(match.group(1))] = hit
             else:
                 missing.append(name)
         fresh = {}
@@ -315,13 +322,9 @@ class Versioning(Layer):
                     number = int(record["version_number"])
                 except (ValueError, KeyError, TypeError):
                     continue  # not a record of ours: never breaks the timeline
-                out[number] = record
-                stamp = stamp_of(listing[name])
-                if stamp is not None:
-                    fresh[name] = (stamp, record)
-        names = {n for n in listing if _RECORD_RE.match(n)}
+                out[number] = fresh[name] = record
         with self._cache_lock:
-            kept = {n: v for n, v in cached.items() if n in names}
+            kept = {n: v for n, v in cached.items() if n in listing}
             kept.update(fresh)
             self._records_cache[key] = kept
             self._records_cache.move_to_end(key)
@@ -330,12 +333,17 @@ class Versioning(Layer):
         return out
 
     @staticmethod
-    def _pins(listing: dict[str, dict]) -> set[int]:
+    def _pins(listing: set[str]) -> set[int]:
         return {int(m.group(1)) for n in listing if (m := _PIN_RE.match(n))}
 
     @staticmethod
-    def _numbers(listing: dict[str, dict]) -> list[int]:
+    def _numbers(listing: set[str]) -> list[int]:
         return [int(m.group(1)) for n in listing if (m := _RECORD_RE.match(n))]
+
+    @staticmethod
+    def _claimed(listing: set[str]) -> list[int]:
+        """Every number ever claimed that is still visible: records and void markers."""
+        return [int(m.group(1)) for n in listing if (m := _CLAIMED_RE.match(n))]
 
     def _public(self, rel: str, record: dict, pinned: bool) -> dict:
         timestamp = record.get("timestamp")
@@ -435,7 +443,10 @@ class Versioning(Layer):
 
     def _claim(self, key: str, record: dict, listing: dict, token: str) -> dict:
         """Create the record under the next free number (exclusive create, retry on clash)."""
-        number = max(self._numbers(listing), default=0) + 1
+        # Numbers are never reused: the newest record is never pruned and a record dropped
+        # after a failed commit leaves a ``.void`` marker, so a record's name always means
+        # the same immutable record (what lets readers cache records by name alone).
+        number = max(self._claimed(listing), default=0) + 1
         hdir = self._hdir(key)
         while True:
             record = {**record, "version_number": number, "version_id": f"v{number}-{token[:8]}"}
@@ -446,11 +457,18 @@ class Versioning(Layer):
             except FileExistsError:
                 number += 1  # another writer (another machine) took it
 
-    def _drop_version(self, key: str, record: dict) -> None:
-        """Remove one version: record first, then its data and pin (best effort for both)."""
+    def _drop_version(self, key: str, record: dict, void: bool = False) -> None:
+        """Remove one version: record first, then its data and pin (best effort for both).
+
+        ``void``: the version is taken back (its commit failed) and may be the newest, so a
+        ``.void`` marker keeps its number from being claimed again.
+        """
         hdir = self._hdir(key)
         number = record["version_number"]
+        self._forget(key)
         with internal_access():
+            if void:
+                self.fs.pipe_file(f"{hdir}/v{number:08d}.void", b"")
             for path in (f"{hdir}/v{number:08d}.json", f"{hdir}/{record['data']}",
                          f"{hdir}/v{number:08d}.pin"):
                 try:
@@ -477,7 +495,13 @@ class Versioning(Layer):
 
     def _prune(self, rel: str, now: float | None = None) -> int:
         """Apply the retention rules to one file's history; bytes of versions removed."""
-        key, listing, records, pins = self._history(rel)
+        key = path_key(rel)
+        listing = self._listing(key)
+        pins = self._pins(listing)
+        if self.keep_days is None and \
+                sum(1 for n in self._numbers(listing) if n not in pins) <= self.max_versions:
+            return 0  # within the rules: no record needs reading
+        records = self._records(key, listing)
         drop = self._beyond_rules(records, pins, now)
         for record in drop:
             self._drop_version(key, record)
@@ -490,14 +514,17 @@ class Versioning(Layer):
         unpinned = [records[n] for n in sorted(records, reverse=True) if n not in pins]
         drop = unpinned[self.max_versions:]
         if self.keep_days is not None:
+            # the newest record is kept whatever its age: it holds the numbering (never reused)
+            newest = max(records, default=None)
             cutoff = (_now() if now is None else now) - self.keep_days * DAY
             drop += [r for r in unpinned[: self.max_versions]
-                     if float(r.get("replaced_at") or 0) < cutoff]
+                     if float(r.get("replaced_at") or 0) < cutoff and r["version_number"] != newest]
         return drop
 
     def _forget(self, key: str) -> None:
         with self._cache_lock:
             self._records_cache.pop(key, None)
+            self._public_cache.pop(key, None)
 
     def _mark_deleted(self, rel: str, record: dict) -> None:
         marker = {"format": DELETED_FORMAT, "version": FORMAT_VERSION, "path": rel,
@@ -520,10 +547,21 @@ class Versioning(Layer):
         ``FileNotFoundError`` if the path neither exists nor has any history.
         """
         rel = self._user_rel(path)
-        _, _, records, pins = self._history(rel)
+        key = path_key(rel)
+        listing = frozenset(self._listing(key))
+        with self._cache_lock:
+            hit = self._public_cache.get(key)
+        if hit is not None and hit[0] == listing and hit[1] == rel:
+            return [dict(v) for v in hit[2]]
+        records, pins = self._records(key, listing), self._pins(listing)
         if not records and self._live(rel) is None:
             raise NotFound(f"no such file and no versions of it: {rel!r}", rel)
-        return [self._public(rel, records[n], n in pins) for n in sorted(records, reverse=True)]
+        result = [self._public(rel, records[n], n in pins) for n in sorted(records, reverse=True)]
+        with self._cache_lock:
+            self._public_cache[key] = (listing, rel, result)
+            while len(self._public_cache) > RECORD_CACHE_FILES:
+                self._public_cache.pop(next(iter(self._public_cache)))
+        return [dict(v) for v in result]
 
     def _user_rel(self, path) -> str:
         path = self._strip_protocol(path)
@@ -810,7 +848,7 @@ class Versioning(Layer):
                 if kept is not None:
                     if move:
                         raise  # the content stays safe as a version; nothing to undo here
-                    self._drop_version(path_key(rel), kept)
+                    self._drop_version(path_key(rel), kept, void=True)
                 raise
             if change == "delete":
                 if kept is not None:
@@ -880,7 +918,7 @@ class Versioning(Layer):
                 self.fs.pipe(path, **kwargs)  # still one bulk call down
             except BaseException:
                 for rel, record in kept:
-                    self._drop_version(path_key(rel), record)
+                    self._drop_version(path_key(rel), record, void=True)
                 raise
             for rel in rels.values():
                 self._write_head(rel, meta)
@@ -984,7 +1022,7 @@ class Versioning(Layer):
                 result = commit()
             except BaseException:
                 for landing, record in kept:
-                    self._drop_version(path_key(landing), record)
+                    self._drop_version(path_key(landing), record, void=True)
                 raise
             for landing, _ in kept:
                 self._prune(landing)
