@@ -868,6 +868,80 @@ def demo(ctx, stack):
     run_demo(stack, ctx.obj, echo=click.echo)
 
 
+# -- Google account for Drive stacks (issue 9; logic in aiofs/backends/drive/auth.py) ---------
+
+
+@cli.group()
+def auth():
+    """Link a Google account for Drive stacks (OAuth; token file in the user config dir)."""
+
+
+@auth.command("login")
+@click.option("--client-id", envvar="GOOGLE_CLIENT_ID", default=None,
+              help="OAuth client id (default: $GOOGLE_CLIENT_ID).")
+@click.option("--client-secret", envvar="GOOGLE_CLIENT_SECRET", default=None,
+              help="OAuth client secret (default: $GOOGLE_CLIENT_SECRET).")
+@click.option("--scope", type=click.Choice(["drive.file", "drive"]), default="drive.file",
+              show_default=True, help="drive.file: only files aiofs created; drive: all files.")
+@click.option("--no-browser", is_flag=True, help="Only print the URL to open.")
+@click.option("--token-file", default=None, help="Where to keep the token (mode 0600).")
+@click.option("--auth-uri", default=None, help="Authorization endpoint (tests: the emulator).")
+@click.option("--token-uri", default=None, help="Token endpoint (tests: the emulator).")
+@click.option("--timeout", type=float, default=300.0, show_default=True,
+              help="Seconds to wait for the browser.")
+def auth_login(client_id, client_secret, scope, no_browser, token_file, auth_uri, token_uri, timeout):
+    """Link a Google account: opens the consent page, catches the redirect on 127.0.0.1."""
+    from aiofs.backends.drive import auth as drive_auth
+
+    def show(url):
+        click.echo("Open this URL in a browser to link your Google account:")
+        click.echo(url)
+        sys.stdout.flush()
+
+    info = drive_auth.loopback_login(
+        client_id, client_secret, scopes=[scope], open_browser=not no_browser, url_callback=show,
+        auth_uri=auth_uri or drive_auth.GOOGLE_AUTH_URI,
+        token_uri=token_uri or drive_auth.GOOGLE_TOKEN_URI, timeout=timeout,
+        store=drive_auth.TokenStore(token_file))
+    path = drive_auth.TokenStore(token_file).path
+    click.echo(f"linked ({' '.join(info['scopes'])}); token saved to {path}")
+
+
+@auth.command("status")
+@click.option("--token-file", default=None, help="Token file (default: the user config dir).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def auth_status(token_file, as_json):
+    """Show whether a Google account is linked (scopes, expiry); exit 1 if not."""
+    from aiofs.backends.drive.auth import token_status
+
+    status = token_status(token_file)
+    if as_json:
+        _echo_json(status)
+    elif not status["linked"]:
+        click.echo(f"not linked (no token at {status['path']}); run `aiofs auth login`")
+    else:
+        state = "expired, refreshed on next use" if status["expired"] else "valid"
+        click.echo(f"linked: {' '.join(status['scopes'])}")
+        click.echo(f"token:  {status['path']} (mode {status['mode']}), access token {state}"
+                   f"{'' if status['has_refresh_token'] else ', no refresh token'}")
+    if not status["linked"]:
+        raise SystemExit(1)
+
+
+@auth.command("logout")
+@click.option("--token-file", default=None, help="Token file (default: the user config dir).")
+@click.option("--no-revoke", is_flag=True, help="Only delete the file, do not revoke at Google.")
+def auth_logout(token_file, no_revoke):
+    """Revoke the stored token and delete the token file."""
+    from aiofs.backends.drive.auth import logout
+
+    result = logout(token_file, revoke_tokens=not no_revoke)
+    if result["removed"]:
+        click.echo(f"unlinked: removed {result['path']}" + (" (token revoked)" if result["revoked"] else ""))
+    else:
+        click.echo(f"nothing to do: no token at {result['path']}")
+
+
 # -- versions (issue 5; logic in aiofs/layers/versioning/) ---------------------------------------
 
 

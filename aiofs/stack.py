@@ -39,6 +39,7 @@ LAYER_TYPES: dict[str, str] = {
 
 BACKEND_TYPES: dict[str, str] = {
     "local": "aiofs.backends.local:LocalBackend",
+    "drive": "aiofs.backends.drive:DriveBackend",
 }
 
 _open_stacks: dict[tuple[str, str], AbstractFileSystem] = {}

@@ -387,3 +387,45 @@ class TokenSource:
             if stale:
                 await asyncio.get_running_loop().run_in_executor(None, self._refresh_sync)
         return self.credentials.token
+
+
+# -- helpers for `aiofs auth status` / `aiofs auth logout` ------------------------------------------
+
+def token_status(path: str | None = None) -> dict:
+    """What the token file says: ``linked``, ``path``, ``scopes``, ``expiry``, ``expired``,
+    ``client_id``, ``token_uri`` (no secret is returned)."""
+    store = TokenStore(path)
+    info = store.load()
+    if info is None:
+        return {"linked": False, "path": store.path}
+    expiry = info.get("expiry")
+    expired = None
+    if expiry:
+        expired = datetime.datetime.fromisoformat(expiry) <= datetime.datetime.now(datetime.timezone.utc)
+    mode = os.stat(store.path).st_mode & 0o777
+    return {"linked": bool(info.get("refresh_token") or info.get("token")), "path": store.path,
+            "mode": f"{mode:04o}", "scopes": info.get("scopes") or [], "expiry": expiry,
+            "expired": expired, "client_id": info.get("client_id"),
+            "token_uri": info.get("token_uri"), "has_refresh_token": bool(info.get("refresh_token"))}
+
+
+def revoke_uri_for(token_uri: str | None) -> str:
+    """Google's revoke endpoint, or ``/revoke`` next to a custom (emulator) token endpoint."""
+    if not token_uri or token_uri == GOOGLE_TOKEN_URI:
+        return GOOGLE_REVOKE_URI
+    return token_uri.rsplit("/", 1)[0] + "/revoke"
+
+
+def logout(path: str | None = None, revoke_tokens: bool = True) -> dict:
+    """Revoke the stored refresh token (best effort) and delete the token file."""
+    store = TokenStore(path)
+    info = store.load()
+    revoked = False
+    if info is not None and revoke_tokens:
+        token = info.get("refresh_token") or info.get("token")
+        if token:
+            try:
+                revoked = revoke(token, revoke_uri_for(info.get("token_uri")))
+            except BackendUnavailable:
+                revoked = False  # offline: the file still goes
+    return {"path": store.path, "removed": store.delete(), "revoked": revoked}

@@ -8,9 +8,9 @@ Contract (modelled on gcsfs ``_call`` / ``retry.py``):
   then a random point in its upper half), refreshes the token once on 401, and never retries
   anything else. ``storageQuotaExceeded`` raises ``STORAGE_QUOTA_EXCEEDED`` at once.
 * A request whose earlier attempt may have been applied (a 5xx or a dropped connection)
-  can accept a "that already happened" status on a later attempt (``retried_ok``): a 404
-  for a delete, a 409 for a create with a pre-generated id. That is how retries never delete
-  twice or create a duplicate.
+  accepts a "that already happened" status (``retried_ok``): a 404 for a delete, a 409 for
+  a create with an id we generated (only our own earlier attempt can have used it). That is
+  how retries never fail on their own success, nor create a duplicate.
 * :func:`drive_error` is the one table from Drive's ``{"error": {"errors": [{"reason"}]}}``
   to :mod:`aiofs.errors`.
 """
@@ -134,6 +134,11 @@ class DriveClient:
                 timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=30),
                 connector=aiohttp.TCPConnector(limit=64, force_close=False),
             )
+            # aiohttp silently re-sends an idempotent request once when a kept-alive
+            # connection drops; that hides from us that the first attempt may have been
+            # applied. Every retry goes through call() instead (counted, with backoff).
+            if hasattr(self.session, "_retry_connection"):
+                self.session._retry_connection = False
         return self.session
 
     async def close(self) -> None:
@@ -177,8 +182,8 @@ class DriveClient:
                    path: str | None = None) -> Response:
         """A request with the retry policy; raises an aiofs error when it fails for good.
 
-        ``ok``: statuses (>= 400) returned instead of raised. ``retried_ok``: statuses
-        returned when an earlier attempt may already have been applied.
+        ``ok``: statuses (>= 400) returned instead of raised. ``retried_ok``: statuses that
+        mean an attempt of this request was already applied (returned, not raised).
         """
         attempt = 0
         ambiguous = False
@@ -202,7 +207,9 @@ class DriveClient:
                 return response
             reason, message = parse_error(response.body)
             response.reason = reason
-            if ambiguous and status in retried_ok:
+            if status in retried_ok:
+                # Only an earlier attempt of ours can explain it (an id we generated is
+                # taken; what we delete is gone): the request has had its effect.
                 return response
             if retryable(status, reason) and attempt < self.max_retries:
                 if status >= 500:

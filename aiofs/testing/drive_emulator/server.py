@@ -295,8 +295,7 @@ class DriveState:
             out["size"] = str(len(content))
             out["quotaBytesUsed"] = str(len(content))
             out["md5Checksum"] = f["md5"]
-            out["sha1Checksum"] = hashlib.sha1(content).hexdigest()
-            out["sha256Checksum"] = hashlib.sha256(content).hexdigest()
+            out["sha1Checksum"], out["sha256Checksum"] = f["sha"]
             out["headRevisionId"] = f["revisions"][-1]["id"]
             out["originalFilename"] = f["name"]
             if "." in f["name"]:
@@ -385,6 +384,7 @@ class DriveState:
         elif mime != FOLDER:
             f["content"] = content or b""
             f["md5"] = hashlib.md5(f["content"]).hexdigest()
+            f["sha"] = _shas(f["content"])
             self.new_revision(f, f["content"])
         self.files[file_id] = f
         self.record_change(file_id)
@@ -399,6 +399,7 @@ class DriveState:
             self.check_quota(len(content))
             f["content"] = content
             f["md5"] = hashlib.md5(content).hexdigest()
+            f["sha"] = _shas(content)
         f["version"] += 1
         f["modifiedTime"] = self.now()
         if f["content"] is not None:
@@ -490,6 +491,11 @@ class DriveState:
                 info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
                 z.writestr(info, data)
         return buf.getvalue()
+
+
+def _shas(content: bytes) -> tuple[str, str]:
+    """(sha1, sha256) of a file's content, computed once per revision."""
+    return hashlib.sha1(content).hexdigest(), hashlib.sha256(content).hexdigest()
 
 
 def _parse_rfc3339(text: str) -> float:
@@ -1189,7 +1195,9 @@ class _Handlers:
         now = time.time()
         if claims.get("exp", 0) < now or claims.get("iat", now + 1000) > now + 300:
             return fail(400, "invalid_grant", "Invalid JWT: Token must be a short-lived token.")
-        if claims.get("aud") != f"{self.s.base_url}/token":
+        # google-auth always signs for Google's token endpoint, whatever token_uri says
+        if claims.get("aud") not in (f"{self.s.base_url}/token",
+                                     "https://oauth2.googleapis.com/token"):
             return fail(400, "invalid_grant", "Invalid JWT: audience.")
         scopes = (claims.get("scope") or "").split()
         return web.json_response(self._issue(claims["iss"], scopes, refresh=False))
