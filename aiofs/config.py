@@ -124,9 +124,8 @@ def builtin_default_stack(settings: dict) -> StackSpec:
     """The stack that works on a fresh machine with no account and no config file.
 
     Top to bottom: format validation, quota (100 MB per file, ``max_local_storage_gb``
-    in total), dedup (content-defined chunks in packs), zstd compression, local disk
-    under ``local_storage_path``. It grows as layers land (versioning goes between quota
-    and dedup).
+    in total), versioning (30 versions per file), dedup (content-defined chunks in packs),
+    zstd compression, local disk under ``local_storage_path``. It grows as layers land.
     """
     return StackSpec(
         name=DEFAULT_STACK,
@@ -135,10 +134,11 @@ def builtin_default_stack(settings: dict) -> StackSpec:
             {"type": "validate"},
             {"type": "quota", "max_bytes": int(float(settings["max_local_storage_gb"]) * 2**30),
              "max_file_size": "100MB"},
+            {"type": "versioning"},
             {"type": "dedup"},
             {"type": "compress"},
         ],
-        description="built-in default: validation, quota, dedup, compression, local storage",
+        description="built-in default: validation, quota, versioning, dedup, compression, local storage",
     )
 
 

@@ -37,7 +37,7 @@ def config_file(tmp_path, storage):
 
 def test_default_stack_needs_no_config(storage):
     fs = open_stack("default")
-    assert repr(fs) == f"Validate(Quota(Dedup(Compress(Local('{storage}')))))"
+    assert repr(fs) == f"Validate(Quota(Versioning(Dedup(Compress(Local('{storage}'))))))"
     assert fs.find_layer(LocalBackend).root == str(storage)
     assert open_stack("aiofs://default") is fs  # one instance per process
     assert aiofs.open_stack() is fs
