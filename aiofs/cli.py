@@ -781,6 +781,12 @@ def dedupe(ctx, target, merge, as_json):
                f"{_human(report['wasted_bytes'])} in extra copies ({report['files_scanned']:,} files "
                f"scanned, {report['files_hashed']:,} hashed, {report['known_hashes']:,} hashes known)")
     if merged is not None:
+        names = merged.get("duplicate_names")
+        if names:  # a Drive backend: several files under one name
+            for action in names["actions"]:
+                click.echo(f"  duplicate name {action['path']}: {action['action']}"
+                           + (f" -> {action['new_name']}" if action.get("new_name") else ""))
+            click.echo(f"duplicate names merged: {names['merged']}")
         click.echo(f"merge ({merged['mode']}): {merged['detail']}")
         if merged["mode"] == "hardlink":
             click.echo(f"bytes saved: {_human(merged['bytes_saved'])} ({merged['bytes_saved']} B); "

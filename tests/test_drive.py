@@ -20,7 +20,7 @@ from aiofs.testing.stateful import run_stateful
 
 # Examples for the model tests: 500 like the other backends unless AIOFS_DRIVE_EXAMPLES says.
 EXAMPLES = int(os.environ.get("AIOFS_DRIVE_EXAMPLES", "500"))
-FAULT_EXAMPLES = int(os.environ.get("AIOFS_DRIVE_FAULT_EXAMPLES", "200"))
+FAULT_EXAMPLES = int(os.environ.get("AIOFS_DRIVE_FAULT_EXAMPLES", "500"))
 KIB, MIB = 1024, 1024 * 1024
 
 
@@ -67,6 +67,40 @@ class TestDriveConformanceInSubdirectory(ConformanceSuite):
 
     def make_fs(self, tmp_path):
         return backend(self.emulator), "sub/dir"
+
+
+@pytest.fixture(scope="module")
+def faulty():
+    """An emulator failing 10 % of requests (rate limits, 429, 5xx, drops, lost sessions;
+    half of the failures of changing requests after the change was made)."""
+    with DriveEmulator(seed=7) as emulator:
+        emulator.faults.configure(rate=0.10, kinds=("rate_limit", "429", "500", "503", "drop",
+                                                    "session_lost"), after_commit=0.5, seed=7)
+        yield emulator
+        assert sum(emulator.faults.injected.values()) > 100, emulator.faults.injected
+
+
+class FaultyTarget:
+    """Suites against the faulty emulator; after each test, no name is held twice."""
+
+    @pytest.fixture(autouse=True)
+    def _emulator(self, faulty):
+        self.emulator = faulty
+
+    def make_fs(self, tmp_path):
+        return backend(self.emulator, simple_upload_max=64 * KIB, chunk_size=256 * KIB), "/"
+
+    def cleanup_fs(self, fs, root):
+        assert self.emulator.duplicates() == [], "a retry created a duplicate"
+        super().cleanup_fs(fs, root)
+
+
+class TestDriveAbstractWithFaults(FaultyTarget, FsspecAbstractSuite):
+    pass
+
+
+class TestDriveConformanceWithFaults(FaultyTarget, ConformanceSuite):
+    pass
 
 
 def test_drive_stateful_model(emu):

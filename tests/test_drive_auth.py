@@ -214,3 +214,14 @@ def test_cli_auth_login_status_logout(emu, tmp_path):
     status = subprocess.run(cli + ["auth", "status", "--token-file", str(token_file)],
                             capture_output=True, text=True, env=env)
     assert status.returncode == 1 and "not linked" in status.stdout
+
+
+def test_tokens_are_refreshed_before_they_expire():
+    # google-auth treats a token as stale a few minutes before its expiry: with 2-minute
+    # tokens every call refreshes first, and the server never has to reject one (no 401).
+    with DriveEmulator(token_lifetime=120) as emu:
+        fs = DriveBackend(**emu.backend_options())
+        fs.pipe_file("a", b"1")
+        assert fs.cat_file("a") == b"1"
+        assert fs.credentials.refresh_count >= 2
+        assert fs.client.refreshes == 0

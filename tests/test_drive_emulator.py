@@ -280,3 +280,26 @@ def test_overview_shows_the_emulator_quota(emu, tmp_path, monkeypatch):
     assert drive["quota"]["usage_percentage"] == pytest.approx(100 * expected["usage"] / expected["limit"])
     assert drive["usage_in_drive_trash"] == 0
     assert data["local_storage"]["files"] == 1
+
+
+def test_dedupe_merge_makes_drive_names_unique(emu, tmp_path, monkeypatch):
+    import warnings
+
+    from aiofs.backends.drive import DriveBackend
+    from aiofs.layer import Layer
+    from aiofs.optimize.duplicates import merge_duplicates
+
+    fs = DriveBackend(**emu.backend_options(root_folder="dd"))
+    root = fs.info("/")["id"]
+    for content in (b"same", b"same", b"other"):
+        emu.add_file("twice.txt", content, parent_id=root, by_app=True)
+    fs.invalidate_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = merge_duplicates(Layer(fs=fs))
+    names = result["duplicate_names"]
+    assert names["merged"] == 2
+    assert sorted(a["action"] for a in names["actions"]) == ["rename", "trash"]
+    assert emu.duplicates() == []
+    assert sorted(fs.ls("/", detail=False)) == ["/twice (2).txt", "/twice.txt"]
+    assert fs.cat_file("twice (2).txt") == b"other"

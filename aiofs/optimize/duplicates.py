@@ -28,6 +28,11 @@ Contract:
     were compared are skipped. ``bytes_saved`` counts the stored bytes of the objects whose
     last link went away.
   - anything else: ``mode == "unsupported"`` with the reason; nothing changes.
+
+  Besides, a filesystem of the stack that can hold **several files under one name** (Google
+  Drive: a callable ``merge_duplicate_names(path)``, found by duck typing) makes every name
+  unique first: extra copies with the same MD5 go to its trash, the others are renamed
+  ``name (2).ext``; its report is ``duplicate_names`` (``None`` when no such filesystem).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from fsspec.spec import AbstractFileSystem
 
 from aiofs.optimize.overview import resolve_stack
 from aiofs.optimize.scan import (
-    FileEntry, bottom_of, dedup_layer, describe_stack, normalize_path, scan,
+    FileEntry, bottom_of, dedup_layer, describe_stack, normalize_path, scan, stack_of,
 )
 
 __all__ = ["find_duplicates", "merge_duplicates", "dedup_layer", "hash_file", "HASH_KEY"]
@@ -240,13 +245,24 @@ def _link_all(members: list[tuple[str, str, os.stat_result]], result: dict[str, 
         k_st = os.stat(k_full)
 
 
+def _merge_duplicate_names(fs: AbstractFileSystem, path: str) -> dict | None:
+    """Let the first filesystem of the stack that has ``merge_duplicate_names`` (Drive) make
+    its names unique; ``None`` when the stack has none."""
+    for member in stack_of(fs):
+        method = getattr(member, "merge_duplicate_names", None)
+        if callable(method):
+            return method(path)
+    return None
+
+
 def merge_duplicates(stack: str | AbstractFileSystem = "default", path: str = "", *, config=None,
                      report: dict | None = None, threads: int | None = None) -> dict[str, Any]:
     """Make the duplicates below ``path`` share storage where the stack can (module doc).
 
     ``report`` is a :func:`find_duplicates` result to reuse (else one is computed). Returns
     ``{"mode": "dedup-layer" | "hardlink" | "unsupported", "detail", "merged_files",
-    "bytes_saved", "already_shared_files", "skipped": [{"path", "reason"}], "layer_stats"}``.
+    "bytes_saved", "already_shared_files", "skipped": [{"path", "reason"}], "layer_stats",
+    "duplicate_names"}``.
     """
     label, fs = resolve_stack(stack, config)
     if report is None:
@@ -254,6 +270,7 @@ def merge_duplicates(stack: str | AbstractFileSystem = "default", path: str = ""
     result: dict[str, Any] = {"mode": "unsupported", "detail": "", "merged_files": 0,
                               "bytes_saved": 0, "already_shared_files": 0, "skipped": [],
                               "layer_stats": None}
+    result["duplicate_names"] = _merge_duplicate_names(fs, path)
     layer = dedup_layer(fs)
     if layer is not None:
         stats = getattr(layer, "stats", None)

@@ -1163,7 +1163,9 @@ class DriveBackend(SafeTextWrites, AsyncFileSystem):
         for group in await self._duplicate_names(path):
             keep, others = group["files"][0], group["files"][1:]
             base, ext = posixpath.splitext(keep["name"])
-            for number, other in enumerate(others, start=2):
+            parent_rel = posixpath.dirname(self._relative(group["path"]))
+            number = 1
+            for other in others:
                 same = (other["mimeType"] == keep["mimeType"] != FOLDER
                         and other.get("md5Checksum") and other.get("md5Checksum") == keep.get("md5Checksum"))
                 if same:
@@ -1172,7 +1174,13 @@ class DriveBackend(SafeTextWrites, AsyncFileSystem):
                         await self.client.call("PATCH", f"{self._api}/files/{other['id']}",
                                                params={"fields": "id"}, json_body={"trashed": True})
                 else:
-                    new_name = f"{base} ({number}){ext}"
+                    while True:  # the first free "name (n).ext"
+                        number += 1
+                        new_name = f"{base} ({number}){ext}"
+                        taken = await self._lookup(posixpath.join(parent_rel, new_name)
+                                                   if parent_rel else new_name)
+                        if taken is None:
+                            break
                     actions.append({"path": group["path"], "id": other["id"], "action": "rename",
                                     "new_name": new_name})
                     if not dry_run:

@@ -181,6 +181,7 @@ class DriveState:
         self.faults = Faults(seed=seed)
         self.stats: collections.Counter[str] = collections.Counter()
         self.upload_bytes = 0
+        self.bytes_used = 0  # every stored revision, kept up to date (quota checks are O(1))
         self.consent = "allow"
         self.files: dict[str, dict] = {}
         self.root_id = "0AEmulatedRootFolderXYZ"
@@ -246,19 +247,16 @@ class DriveState:
 
     def usage(self) -> tuple[int, int]:
         """(total bytes incl. old revisions, bytes of trashed files)."""
-        total = trash = 0
+        trash = 0
         for f in self.files.values():
-            size = sum(len(r["content"]) for r in f["revisions"]) if f["revisions"] else 0
-            total += size
-            if self.is_trashed(f):
-                trash += size
-        return total, trash
+            if f["revisions"] and self.is_trashed(f):
+                trash += sum(len(r["content"]) for r in f["revisions"])
+        return self.bytes_used, trash
 
     def check_quota(self, extra: int) -> None:
         if self.quota_limit is None:
             return
-        used, _ = self.usage()
-        if used + extra > self.quota_limit:
+        if self.bytes_used + extra > self.quota_limit:
             raise DriveError(403, "storageQuotaExceeded",
                              "The user's Drive storage quota has been exceeded.")
 
@@ -272,7 +270,7 @@ class DriveState:
 
     # -- rendering ---------------------------------------------------------------------------
 
-    def render(self, f: dict) -> dict:
+    def render(self, f: dict, with_sha: bool = True) -> dict:
         """The full ``drive#file`` resource (int64 values as strings)."""
         out = {
             "kind": "drive#file", "id": f["id"], "name": f["name"], "mimeType": f["mimeType"],
@@ -295,7 +293,10 @@ class DriveState:
             out["size"] = str(len(content))
             out["quotaBytesUsed"] = str(len(content))
             out["md5Checksum"] = f["md5"]
-            out["sha1Checksum"], out["sha256Checksum"] = f["sha"]
+            if with_sha:  # costly on big files: only when the mask asks for them
+                if f.get("sha") is None:
+                    f["sha"] = _shas(content)
+                out["sha1Checksum"], out["sha256Checksum"] = f["sha"]
             out["headRevisionId"] = f["revisions"][-1]["id"]
             out["originalFilename"] = f["name"]
             if "." in f["name"]:
@@ -349,13 +350,16 @@ class DriveState:
         return [parent["id"]]
 
     def new_revision(self, f: dict, content: bytes) -> None:
+        self.bytes_used += len(content)
         f["revisions"].append({"id": f"0B{f['id'][:8]}{f['version']:06d}", "content": content,
                                "md5": hashlib.md5(content).hexdigest(),
                                "modifiedTime": f["modifiedTime"], "keepForever": False})
         # Drive keeps a bounded number of unpinned revisions: prune the oldest.
         unpinned = [r for r in f["revisions"][:-1] if not r["keepForever"]]
         while len(unpinned) + 1 > self.max_revisions:
-            f["revisions"].remove(unpinned.pop(0))
+            pruned = unpinned.pop(0)
+            f["revisions"].remove(pruned)
+            self.bytes_used -= len(pruned["content"])
 
     def create(self, meta: dict, content: bytes | None, token) -> dict:
         """files.create (with or without media)."""
@@ -384,7 +388,7 @@ class DriveState:
         elif mime != FOLDER:
             f["content"] = content or b""
             f["md5"] = hashlib.md5(f["content"]).hexdigest()
-            f["sha"] = _shas(f["content"])
+            f["sha"] = None
             self.new_revision(f, f["content"])
         self.files[file_id] = f
         self.record_change(file_id)
@@ -399,7 +403,7 @@ class DriveState:
             self.check_quota(len(content))
             f["content"] = content
             f["md5"] = hashlib.md5(content).hexdigest()
-            f["sha"] = _shas(content)
+            f["sha"] = None
         f["version"] += 1
         f["modifiedTime"] = self.now()
         if f["content"] is not None:
@@ -463,6 +467,7 @@ class DriveState:
                     doomed.add(other["id"])
                     changed = True
         for file_id in doomed:
+            self.bytes_used -= sum(len(r["content"]) for r in self.files[file_id]["revisions"])
             del self.files[file_id]
             self.record_change(file_id, removed=True)
 
@@ -581,7 +586,8 @@ _DEFAULT_FILE_MASK = {"kind": None, "id": None, "name": None, "mimeType": None}
 
 
 def _file_json(state: DriveState, f: dict, mask) -> dict:
-    return apply_fields(state.render(f), _DEFAULT_FILE_MASK if mask is None else mask)
+    with_sha = mask is not None and bool({"*", "sha1Checksum", "sha256Checksum"} & set(mask))
+    return apply_fields(state.render(f, with_sha), _DEFAULT_FILE_MASK if mask is None else mask)
 
 
 def _operation(request: web.Request) -> str:
@@ -902,6 +908,7 @@ class _Handlers:
             raise DriveError(400, "cannotDeleteOnlyRevision",
                              "The head revision of a file cannot be deleted.")
         f["revisions"].remove(r)
+        self.bytes_used -= len(r["content"])
         return web.Response(status=204)
 
     # -- about and changes -------------------------------------------------------------------
