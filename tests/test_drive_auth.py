@@ -34,10 +34,15 @@ def browser(url: str) -> threading.Thread:
     result = {}
 
     def run():
-        with urllib.request.urlopen(url, timeout=30) as resp:  # urllib follows the 302
-            result["status"] = resp.status
-            result["final_url"] = resp.geturl()
-            result["body"] = resp.read()
+        try:
+            with urllib.request.urlopen(url, timeout=30) as resp:  # urllib follows the 302
+                result["status"] = resp.status
+                result["final_url"] = resp.geturl()
+                result["body"] = resp.read()
+        except urllib.error.HTTPError as exc:  # the listener's error page (consent denied)
+            result["status"] = exc.code
+            result["final_url"] = exc.geturl()
+            result["body"] = exc.read()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.result = result
@@ -92,8 +97,9 @@ def test_expired_token_is_refreshed_and_the_file_updated(emu, tmp_path):
 
 def test_denied_consent_fails_with_authentication_failed(emu, tmp_path):
     emu.set_consent("deny")
-    with pytest.raises(AuthenticationFailed):
+    with pytest.raises(AuthenticationFailed) as info:
         login(emu, tmp_path / "t.json")
+    assert "access_denied" in str(info.value)
     assert not (tmp_path / "t.json").exists()
 
 

@@ -808,12 +808,17 @@ class DriveBackend(SafeTextWrites, AsyncFileSystem):
         for rel in items:
             refuse_internal_write(rel)
         await self._poll_changes()
-        for parent in sorted({posixpath.dirname(rel) for rel in items}):
+        per_parent: dict[str, int] = {}
+        for rel in items:
+            parent = posixpath.dirname(rel)
+            per_parent[parent] = per_parent.get(parent, 0) + 1
+        for parent, count in sorted(per_parent.items()):
             try:
                 folder = await self._ensure_folder(parent)
             except NotADirectory:
                 continue  # the per-file write reports it
-            await self._list_children(parent, folder)  # one listing: no lookup per file
+            if count >= 4:  # one listing instead of a name lookup per file
+                await self._list_children(parent, folder)
         coros = [self._pipe_file(rel, data, **kwargs) for rel, data in items.items()]
         await _bounded(coros, batch_size or self.max_concurrency)
 

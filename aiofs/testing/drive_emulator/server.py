@@ -9,8 +9,8 @@ Drive v3"):
   ``/o/oauth2/auth`` (consents and redirects at once), ``/token`` and ``/revoke``.
 * Drive's documented behaviour: int64 values as strings; ``fields`` masks checked (unknown
   field: 400); ``q`` grammar with case-insensitive ``name =``; pages that sometimes come
-  back short; only files created with ``files.generateIds`` ids may carry an ``id`` (a
-  second create with the same id is a 409); one parent per file, ``parents`` in an update
+  back short; only ``files.generateIds`` ids may be given on create and copy (not for Google
+  Workspace types), and once used a retry gets 409 instead of a duplicate; one parent per file, ``parents`` in an update
   body is a 403 (use ``addParents``/``removeParents``); resumable uploads with the 256 KiB
   rule, 308 + ``Range``, sometimes keeping fewer bytes than sent, 201 on create and 200 on
   update, 404 once a session is gone; ``Range`` downloads (206/416); Google Docs, Sheets and
@@ -68,6 +68,10 @@ DEFAULT_CLIENT_ID = "aiofs-emulator-client.apps.googleusercontent.com"
 DEFAULT_CLIENT_SECRET = "aiofs-emulator-secret"
 FAULT_KINDS = ("rate_limit", "429", "500", "503", "drop", "session_lost", "quota")
 _MUTATING = {"POST", "PATCH", "PUT", "DELETE"}
+# per-request values the middleware hands to the handlers
+OP = web.RequestKey("op", str)
+TOKEN = web.RequestKey("token", dict)
+DROP_MIDWAY = web.RequestKey("drop_midway", bool)
 
 
 def rfc3339(t: float) -> str:
@@ -370,6 +374,10 @@ class DriveState:
         if mime == FOLDER and content:
             raise DriveError(400, "invalid", "Folders cannot have content.")
         parents = self._parent_for_create(meta, token)
+        if meta.get("id") is not None and mime in NATIVE_TYPES:
+            # as documented: generated ids work for folders and binary files only
+            raise DriveError(400, "invalid", "Generated IDs are not supported for Google "
+                             "Workspace files.", "id")
         if content is not None and mime not in NATIVE_TYPES and mime != FOLDER:
             self.check_quota(len(content))
         file_id = self._claim_id(meta.get("id"))
@@ -644,14 +652,14 @@ def build_app(state: DriveState) -> web.Application:
     @web.middleware
     async def middleware(request: web.Request, handler):
         op = _operation(request)
-        request["op"] = op
+        request[OP] = op
         state.stats[op] += 1
         if state.latency:
             await asyncio.sleep(state.latency)
         try:
             if not request.path.startswith(("/drive/", "/upload/")):
                 return await handler(request)
-            request["token"] = _authorize(state, request)
+            request[TOKEN] = _authorize(state, request)
             fault = state.faults.decide(op, request.method)
             if fault is not None:
                 kind, after = fault
@@ -659,7 +667,7 @@ def build_app(state: DriveState) -> web.Application:
                 if kind == "session_lost" and op != "upload.resumable.chunk":
                     kind = "503"
                 if kind == "drop" and op == "upload.resumable.chunk" and not after:
-                    request["drop_midway"] = True
+                    request[DROP_MIDWAY] = True
                 elif not after:
                     if op.startswith("upload."):
                         state.upload_bytes += len(await request.read())
@@ -782,7 +790,7 @@ class _Handlers:
             raise DriveError(400, "invalid", "Invalid pageSize.", "pageSize") from None
         if not 1 <= page_size <= 1000:
             raise DriveError(400, "invalid", "pageSize must be between 1 and 1000.", "pageSize")
-        token = request["token"]
+        token = request[TOKEN]
         matches = [f for f in s.files.values()
                    if f["id"] != s.root_id and s.visible(f, token) and predicate(s.query_view(f))]
         matches.sort(key=_order_key(request.query.get("orderBy")))
@@ -810,12 +818,12 @@ class _Handlers:
 
     async def create_metadata(self, request):
         meta = _json_body(await request.read())
-        f = self.s.create(meta, None, request["token"])
+        f = self.s.create(meta, None, request[TOKEN])
         return web.json_response(_file_json(self.s, f, _fields(request, "file")))
 
     async def get_file(self, request):
         s = self.s
-        f = s.get(request.match_info["id"], request["token"])
+        f = s.get(request.match_info["id"], request[TOKEN])
         if request.query.get("alt") == "media":
             if f["content"] is None:
                 if f["mimeType"] in NATIVE_TYPES:
@@ -828,20 +836,20 @@ class _Handlers:
 
     async def update_file(self, request):
         s = self.s
-        f = s.get(request.match_info["id"], request["token"])
+        f = s.get(request.match_info["id"], request[TOKEN])
         meta = _json_body(await request.read())
         s.update_metadata(f, meta, request.query.get("addParents", ""),
-                          request.query.get("removeParents", ""), request["token"])
+                          request.query.get("removeParents", ""), request[TOKEN])
         return web.json_response(_file_json(s, f, _fields(request, "file")))
 
     async def delete_file(self, request):
-        f = self.s.get(request.match_info["id"], request["token"])
+        f = self.s.get(request.match_info["id"], request[TOKEN])
         self.s.delete(f)
         return web.Response(status=204)
 
     async def copy_file(self, request):
         s = self.s
-        src = s.get(request.match_info["id"], request["token"])
+        src = s.get(request.match_info["id"], request[TOKEN])
         if src["mimeType"] == FOLDER:
             raise DriveError(403, "cannotCopyFile", "This file cannot be copied by the user.")
         meta = _json_body(await request.read())
@@ -850,11 +858,11 @@ class _Handlers:
         meta.setdefault("parents", list(src["parents"]))
         content = src["content"] if src["content"] is not None else (
             (src["native_text"] or "").encode() if src["mimeType"] in NATIVE_TYPES else None)
-        f = s.create(meta, content, request["token"])
+        f = s.create(meta, content, request[TOKEN])
         return web.json_response(_file_json(s, f, _fields(request, "file")))
 
     async def export_file(self, request):
-        f = self.s.get(request.match_info["id"], request["token"])
+        f = self.s.get(request.match_info["id"], request[TOKEN])
         mime = request.query.get("mimeType")
         if not mime:
             raise DriveError(400, "required", "Required parameter: mimeType", "mimeType")
@@ -864,7 +872,7 @@ class _Handlers:
     # -- revisions ---------------------------------------------------------------------------
 
     def _revision(self, request) -> tuple[dict, dict]:
-        f = self.s.get(request.match_info["id"], request["token"])
+        f = self.s.get(request.match_info["id"], request[TOKEN])
         rid = request.match_info["rid"]
         if rid == "head" and f["revisions"]:
             return f, f["revisions"][-1]
@@ -874,7 +882,7 @@ class _Handlers:
         raise DriveError(404, "notFound", f"Revision not found: {rid}.", "revisionId")
 
     async def list_revisions(self, request):
-        f = self.s.get(request.match_info["id"], request["token"])
+        f = self.s.get(request.match_info["id"], request[TOKEN])
         if f["mimeType"] == FOLDER:
             raise DriveError(403, "revisionsNotSupported", "The file does not support revisions.")
         body = {"kind": "drive#revisionList",
@@ -949,7 +957,7 @@ class _Handlers:
             f = s.files.get(c["fileId"])
             entry = {"kind": "drive#change", "changeType": "file", "time": rfc3339(c["time"]),
                      "removed": f is None, "fileId": c["fileId"]}
-            if f is not None and s.visible(f, request["token"]):
+            if f is not None and s.visible(f, request[TOKEN]):
                 entry["file"] = s.render(f)
             changes.append(entry)
         body: dict[str, Any] = {"kind": "drive#changeList", "changes": changes}
@@ -972,13 +980,13 @@ class _Handlers:
         s = self.s
         kind = request.query.get("uploadType")
         file_id = request.match_info.get("id")
-        existing = s.get(file_id, request["token"]) if file_id else None
+        existing = s.get(file_id, request[TOKEN]) if file_id else None
         mask = _fields(request, "file")
         if kind == "resumable":
             meta = _json_body(await request.read())
             if existing is None:
                 # Check what a create would check now, not after the whole upload.
-                s._parent_for_create(dict(meta), request["token"])
+                s._parent_for_create(dict(meta), request[TOKEN])
                 if meta.get("id") is not None and meta["id"] in s.files:
                     raise DriveError(409, "duplicate", "A file already exists with the provided ID.", "id")
             total = request.headers.get("X-Upload-Content-Length")
@@ -986,7 +994,7 @@ class _Handlers:
                 s.check_quota(int(total))
             upload_id = secrets.token_urlsafe(18)
             s.sessions[upload_id] = {"meta": meta, "file_id": file_id, "received": bytearray(),
-                                     "done": None, "mask": mask, "token": request["token"],
+                                     "done": None, "mask": mask, "token": request[TOKEN],
                                      "add": request.query.get("addParents", ""),
                                      "remove": request.query.get("removeParents", "")}
             where = f"/upload/drive/v3/files{'/' + file_id if file_id else ''}"
@@ -1005,7 +1013,7 @@ class _Handlers:
             meta, content = {}, body
         else:
             raise DriveError(400, "invalid", f"Invalid uploadType {kind!r}.", "uploadType")
-        return self._finish(existing, meta, content, mask, request["token"],
+        return self._finish(existing, meta, content, mask, request[TOKEN],
                             request.query.get("addParents", ""), request.query.get("removeParents", ""))
 
     def _finish(self, existing, meta, content, mask, token, add="", remove=""):
@@ -1049,7 +1057,7 @@ class _Handlers:
                              "Invalid request. The chunk size must be a multiple of 256 KiB "
                              "except for the last chunk.")
         drop_at = s.faults.drop_at
-        if request.get("drop_midway") or (drop_at is not None and start <= drop_at <= end):
+        if request.get(DROP_MIDWAY) or (drop_at is not None and start <= drop_at <= end):
             if drop_at is not None and start <= drop_at <= end:
                 s.faults.drop_at = None
                 cut = drop_at - start
