@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 
+import fsspec
 import pytest
 
 from aiofs import LocalBackend
@@ -26,6 +27,7 @@ from aiofs.testing.abstract import FsspecAbstractSuite
 from aiofs.testing.conformance import ConformanceSuite
 from aiofs.testing.stateful import run_stateful
 from aiofs.testing.stateful_versions import run_versioned_stateful
+from conftest import drop_memory_root, new_memory_root
 
 SMALL = {"min_size": "1KiB", "avg_size": "4KiB", "max_size": "16KiB", "pack_size": "256KiB",
          "batch_size": "64KiB"}
@@ -85,6 +87,43 @@ class TestVersioningOverDedupAbstract(FsspecAbstractSuite):
 class TestVersioningOverDedupConformance(VersioningConformance):
     def make_fs(self, tmp_path):
         return dedup(tmp_path), ""
+
+
+class MemoryCleanup:
+    def cleanup_fs(self, fs, root):
+        drop_memory_root(root)
+
+
+def memory(tmp_path, **options) -> Versioning:
+    # fsspec's memory filesystem replaces a file when it is opened for writing (no atomic
+    # writes): the layer writes a staging object and moves it into place instead
+    options.setdefault("lock_dir", str(tmp_path / "locks"))
+    return Versioning(fs=fsspec.filesystem("memory"), **options)
+
+
+class TestVersioningOverMemoryAbstract(MemoryCleanup, FsspecAbstractSuite):
+    def make_fs(self, tmp_path):
+        return memory(tmp_path), new_memory_root()
+
+
+class TestVersioningOverMemoryConformance(MemoryCleanup, VersioningConformance):
+    def make_fs(self, tmp_path):
+        return memory(tmp_path), new_memory_root()
+
+
+def test_versioned_stateful_model_over_memory(tmp_path):
+    fs = memory(tmp_path, max_versions=3)
+    roots = []
+
+    def factory():
+        roots.append(new_memory_root())
+        return fs, roots[-1]
+
+    try:
+        assert run_versioned_stateful(factory, max_examples=EXAMPLES // 4) >= EXAMPLES // 4
+    finally:
+        for root in roots:
+            drop_memory_root(root)
 
 
 EXAMPLES = int(os.environ.get("AIOFS_STATEFUL_EXAMPLES", "500"))

@@ -55,8 +55,8 @@ from aiofs.errors import (
     AlreadyExists, InvalidArgument, IsADirectory, NotFound, ReadOnly, VersionNotFound,
 )
 from aiofs.layer import (
-    INTERNAL_DIR, Layer, has_glob, hide_internal_path, internal_access, is_internal,
-    refuse_internal_write, stamp_of, target_identity,
+    ATOMIC_WRITES, INTERNAL_DIR, Layer, capabilities_of, has_glob, hide_internal_path,
+    internal_access, is_internal, refuse_internal_write, stamp_of, target_identity,
 )
 from aiofs.layers.versioning.locks import StripeLocks
 
@@ -874,11 +874,25 @@ class Versioning(Layer):
         self._refuse_virtual_write(path)
         refuse_internal_write(path)
         meta = self._write_meta(kwargs)
-        inner = self.fs._open(path, mode=mode, block_size=block_size, autocommit=autocommit,
-                              cache_options=cache_options, **kwargs)
-        if is_internal(path):
-            return inner
-        return VersionedWriteFile(self, self._rel(path), inner, meta, mode)
+        if is_internal(path) or ATOMIC_WRITES in capabilities_of(self.fs):
+            inner = self.fs._open(path, mode=mode, block_size=block_size, autocommit=autocommit,
+                                  cache_options=cache_options, **kwargs)
+            if is_internal(path):
+                return inner
+            return VersionedWriteFile(self, self._rel(path), inner, meta, mode)
+        # A target whose open('wb') replaces the file at once (fsspec's memory filesystem)
+        # would destroy the old content before the snapshot: write a staging object and
+        # move it into place at close instead.
+        rel = self._rel(path)
+        if "x" in mode and self._live(rel) is not None:
+            raise AlreadyExists(f"file exists: {rel!r}", rel)
+        staging = f"{ROOT}/staging/{secrets.token_hex(12)}"
+        with internal_access():
+            if "a" in mode and self._live(rel) is not None:
+                self.fs.cp_file(self._name(rel), staging)
+            inner = self.fs._open(staging, mode=mode.replace("x", "w"), block_size=block_size,
+                                  autocommit=autocommit, cache_options=cache_options, **kwargs)
+        return VersionedWriteFile(self, rel, inner, meta, mode, staging=staging)
 
     def pipe_file(self, path, value, mode="overwrite", **kwargs):
         self._refuse_virtual_write(path)
@@ -887,6 +901,8 @@ class Versioning(Layer):
         if is_internal(path):
             return self.fs.pipe_file(path, value, mode=mode, **kwargs)
         rel = self._rel(path)
+        if mode == "create" and self._live(rel) is not None:
+            raise AlreadyExists(f"file exists: {rel!r}", rel)  # before any snapshot is taken
         return self._versioned_replace(
             rel, self._change_for(meta), meta,
             lambda: self.fs.pipe_file(path, value, mode=mode, **kwargs))
@@ -1072,8 +1088,10 @@ class Versioning(Layer):
                 for name in sorted(self.find(d, maxdepth=maxdepth)):
                     if self._live(self._rel(name)) is not None:
                         self._delete_file(self._rel(name))
-            # what is left (directories, or a refusal for a non-empty one) is the target's
-            super().rm(d, recursive=recursive, maxdepth=maxdepth)
+            # what is left (directories, or a refusal for a non-empty one) is the target's;
+            # on an object store the directory vanished with its last file
+            if not recursive or self._live(self._rel(d)) is not None:
+                super().rm(d, recursive=recursive, maxdepth=maxdepth)
 
     def mkdir(self, path, create_parents=True, **kwargs):
         self._refuse_virtual_write(path)
@@ -1258,8 +1276,10 @@ class VersionedWriteFile(io.BufferedIOBase):
     the file and its history as they were.
     """
 
-    def __init__(self, layer: Versioning, rel: str, inner, meta: dict, mode: str):
+    def __init__(self, layer: Versioning, rel: str, inner, meta: dict, mode: str,
+                 staging: str | None = None):
         super().__init__()
+        self.staging = staging
         self.layer = layer
         self.rel = rel
         self.inner = inner
@@ -1297,9 +1317,20 @@ class VersionedWriteFile(io.BufferedIOBase):
         if self._done:
             return
         self._done = True
+        layer = self.layer
         try:
-            self.layer._versioned_replace(self.rel, self.layer._change_for(self.meta), self.meta,
-                                          self.inner.close)
+            if self.staging is None:
+                commit = self.inner.close
+            else:
+                with internal_access():
+                    self.inner.close()  # the slow part, outside the file's lock
+
+                def commit():
+                    if "x" in self.mode and layer._live(self.rel) is not None:
+                        raise AlreadyExists(f"file exists: {self.rel!r}", self.rel)
+                    with internal_access():
+                        layer.fs.mv(self.staging, layer._name(self.rel))
+            layer._versioned_replace(self.rel, layer._change_for(self.meta), self.meta, commit)
         except BaseException:
             self._discard_inner()
             raise
@@ -1313,6 +1344,12 @@ class VersionedWriteFile(io.BufferedIOBase):
                 discard()
         except Exception:
             pass
+        if self.staging is not None:
+            with internal_access():
+                try:
+                    self.layer.fs.rm_file(self.staging)
+                except OSError:
+                    pass  # never written, or already moved into place
 
     def discard(self) -> None:
         """Abandon the write: the file keeps its old content, the history is unchanged."""
