@@ -259,6 +259,18 @@ def test_storage_quota_exceeded_fails_at_once(fresh):
     assert not fs.exists("big.bin")
 
 
+def test_injected_quota_error_is_not_retried(fresh):
+    fs = backend(fresh, simple_upload_max=64 * KIB, chunk_size=256 * KIB)
+    fs.info("/")
+    fresh.reset_counters()
+    fresh.faults.push("quota", operation="upload.resumable.chunk")
+    with pytest.raises(StorageQuotaExceeded):
+        fs.pipe_file("q.bin", b"q" * (300 * KIB))
+    assert fresh.stats["upload.resumable.chunk"] == 1
+    fs.invalidate_cache()
+    assert not fs.exists("q.bin")
+
+
 def test_expired_token_is_refreshed_once_transparently(fresh):
     fs = backend(fresh)
     fs.pipe_file("a.txt", b"a")

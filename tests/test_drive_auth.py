@@ -122,6 +122,28 @@ def test_pkce_verifier_is_required(emu):
                            "http://127.0.0.1:9/", "wrong-verifier", emu.token_uri)
 
 
+def test_web_server_flow_from_the_environment(emu, monkeypatch):
+    redirect = "https://app.example.com/api/drive/callback"
+    emu.register_client("seed-client", "seed-secret", [redirect])
+    monkeypatch.setenv("GOOGLE_CLIENT_ID", "seed-client")
+    monkeypatch.setenv("GOOGLE_CLIENT_SECRET", "seed-secret")
+    monkeypatch.setenv("GOOGLE_REDIRECT_URI", redirect)
+    flow = auth.WebServerFlow.from_env(auth_uri=emu.auth_uri, token_uri=emu.token_uri)
+    url, state, verifier = flow.start()
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.build_opener(NoRedirect).open(url, timeout=30)
+    params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(info.value.headers["Location"]).query))
+    with pytest.raises(AuthenticationFailed):
+        flow.finish({**params, "state": "forged"}, state, verifier)
+    tokens = flow.finish(params, state, verifier)
+    assert tokens["refresh_token"] and tokens["client_id"] == "seed-client"
+
+
 def test_web_server_flow(emu):
     redirect = "https://app.example.com/oauth/callback"
     emu.register_client("web-client", "web-secret", [redirect])

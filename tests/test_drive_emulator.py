@@ -12,7 +12,9 @@ import urllib.request
 
 import pytest
 
-from aiofs.testing.drive_emulator import FOLDER, DriveEmulator
+from aiofs.testing.drive_emulator import (
+    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FOLDER, DriveEmulator,
+)
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +238,36 @@ def test_changes_and_revisions(emu, raw):
     _, _, content = raw.request("GET", f"/drive/v3/files/{f}/revisions/{rid}", {"alt": "media"},
                                 raw=True)
     assert content == b"1"
+
+
+def test_command_line_emulator_is_controlled_over_http():
+    proc = subprocess.Popen([sys.executable, "-m", "aiofs.testing.drive_emulator", "--port", "0",
+                             "--exit-after", "60"], stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().split(" at ", 1)[1].strip()
+
+        def post(path, body):
+            req = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read())
+
+        from aiofs.backends.drive import DriveBackend
+
+        tokens = post("/_emulator/token", {"scopes": ["https://www.googleapis.com/auth/drive"]})
+        fs = DriveBackend(api_url=url, token_uri=url + "/token", client_id=DEFAULT_CLIENT_ID,
+                          client_secret=DEFAULT_CLIENT_SECRET, refresh_token=tokens["refresh_token"],
+                          retry_backoff_base=0.001)
+        post("/_emulator/faults", {"push": {"kind": "503", "operation": "upload.multipart"}})
+        fs.pipe_file("remote.txt", b"over http")
+        with urllib.request.urlopen(url + "/_emulator/state", timeout=30) as resp:
+            state = json.loads(resp.read())
+        assert state["faults_injected"] == {"503": 1}
+        assert state["stats"]["upload.multipart"] == 2 and state["duplicates"] == []
+        assert sorted(f["path"] for f in state["files"]) == ["AIO", "AIO/remote.txt"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def test_command_line_emulator_starts_and_stops():

@@ -48,7 +48,7 @@ DEFAULT_SCOPES = (SCOPES["drive.file"],)
 TOKEN_FORMAT = "aiofs-drive-token"
 TOKEN_VERSION = 1
 
-__all__ = ["TokenStore", "TokenSource", "build_credentials", "loopback_login",
+__all__ = ["TokenStore", "TokenSource", "WebServerFlow", "build_credentials", "loopback_login",
            "authorization_url", "exchange_code", "refresh_access_token", "revoke",
            "scope_urls", "default_token_path", "SCOPES", "DEFAULT_SCOPES"]
 
@@ -214,6 +214,49 @@ def revoke(token: str, revoke_uri: str = GOOGLE_REVOKE_URI) -> bool:
         return True
     except AuthenticationFailed:
         return False
+
+
+class WebServerFlow:
+    """The web-server flow for the HTTP API, configured like the seed (environment).
+
+    ``WebServerFlow.from_env()`` reads ``GOOGLE_CLIENT_ID``, ``GOOGLE_CLIENT_SECRET`` and
+    ``GOOGLE_REDIRECT_URI``. :meth:`start` gives the URL to send the user to, plus the
+    ``state`` and PKCE verifier to keep in the user's session; :meth:`finish` takes the
+    query parameters Google appended to the redirect URI, checks ``state`` and returns the
+    token info (save it with a :class:`TokenStore`, or per user in the server's storage).
+    """
+
+    def __init__(self, client_id: str, client_secret: str | None, redirect_uri: str,
+                 scopes=DEFAULT_SCOPES, auth_uri: str = GOOGLE_AUTH_URI,
+                 token_uri: str = GOOGLE_TOKEN_URI):
+        if not client_id or not redirect_uri:
+            raise ConfigError("the web-server flow needs a client id and a redirect URI "
+                              "(GOOGLE_CLIENT_ID, GOOGLE_REDIRECT_URI)")
+        self.client_id, self.client_secret = client_id, client_secret
+        self.redirect_uri, self.scopes = redirect_uri, scope_urls(scopes)
+        self.auth_uri, self.token_uri = auth_uri, token_uri
+
+    @classmethod
+    def from_env(cls, scopes=DEFAULT_SCOPES, **overrides) -> "WebServerFlow":
+        """Client id, secret and redirect URI from the seed's environment variables."""
+        options = {"client_id": os.environ.get("GOOGLE_CLIENT_ID", ""),
+                   "client_secret": os.environ.get("GOOGLE_CLIENT_SECRET"),
+                   "redirect_uri": os.environ.get("GOOGLE_REDIRECT_URI", ""), "scopes": scopes}
+        options.update(overrides)
+        return cls(**options)
+
+    def start(self) -> tuple[str, str, str]:
+        """``(authorization URL, state, code_verifier)``."""
+        return authorization_url(self.client_id, self.redirect_uri, self.scopes, self.auth_uri)
+
+    def finish(self, params: dict, state: str, code_verifier: str) -> dict:
+        """Token info from the redirect's query parameters (``code``/``error``, ``state``)."""
+        if params.get("state") != state:
+            raise AuthenticationFailed("the authorization response's state does not match (CSRF?)")
+        if "error" in params or "code" not in params:
+            raise AuthenticationFailed(f"authorization refused: {params.get('error', 'no code')}")
+        return exchange_code(params["code"], self.client_id, self.client_secret,
+                             self.redirect_uri, code_verifier, self.token_uri, self.scopes)
 
 
 class _Catcher(http.server.BaseHTTPRequestHandler):

@@ -245,35 +245,12 @@ class DriveEmulator:
 
     def snapshot(self, trashed: bool = False) -> list[dict]:
         """Every file but the root: ``id, name, mimeType, parent, trashed, size, md5, path``."""
-        def snap():
-            s = self.state
-            out = []
-            for f in s.files.values():
-                if f["id"] == s.root_id:
-                    continue
-                is_trashed = s.is_trashed(f)
-                if is_trashed and not trashed:
-                    continue
-                names, cur = [f["name"]], f
-                while cur["parents"] and cur["parents"][0] != s.root_id:
-                    cur = s.files[cur["parents"][0]]
-                    names.append(cur["name"])
-                out.append({"id": f["id"], "name": f["name"], "mimeType": f["mimeType"],
-                            "parent": f["parents"][0] if f["parents"] else None,
-                            "trashed": is_trashed, "size": s.file_size(f),
-                            "md5": f.get("md5"), "path": "/".join(reversed(names)),
-                            "revisions": len(f["revisions"])})
-            return out
-        return self.run_in_loop(snap)
+        return self.run_in_loop(self.state.snapshot, trashed)
 
     def duplicates(self) -> list[tuple[str, str]]:
         """``(parent id, name)`` pairs held by more than one live file: what retries must
         never create."""
-        seen: dict[tuple[str, str], int] = {}
-        for f in self.snapshot():
-            key = (f["parent"], f["name"])
-            seen[key] = seen.get(key, 0) + 1
-        return sorted(k for k, n in seen.items() if n > 1)
+        return self.run_in_loop(self.state.duplicates)
 
     def add_file(self, name: str, content: bytes | None = None, parent_id: str | None = None,
                  mime_type: str | None = None, text: str | None = None,

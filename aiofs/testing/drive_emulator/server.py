@@ -24,7 +24,9 @@ Drive v3"):
   chunks may be cut off half way (``drop``: the server keeps what it read, rounded down to
   256 KiB) or find the session gone (``session_lost``).
 * ``stats`` counts requests per operation (``files.list``, ``upload.resumable.chunk``...)
-  and ``upload_bytes`` the body bytes uploads delivered, for tests and benchmarks.
+  and ``upload_bytes`` the body bytes uploads delivered, for tests and benchmarks. A server
+  run with ``python -m`` is controlled over HTTP under ``/_emulator/`` (not part of Drive):
+  ``GET state``, ``POST reset``, ``POST faults``, ``POST token``.
 """
 
 from __future__ import annotations
@@ -271,6 +273,33 @@ class DriveState:
         if f is None or not self.visible(f, token):
             raise DriveError(404, "notFound", f"File not found: {file_id}.", "fileId")
         return f
+
+    def snapshot(self, trashed: bool = False) -> list[dict]:
+        """Every file but the root: ``id, name, mimeType, parent, trashed, size, md5, path``."""
+        out = []
+        for f in self.files.values():
+            if f["id"] == self.root_id:
+                continue
+            is_trashed = self.is_trashed(f)
+            if is_trashed and not trashed:
+                continue
+            names, cur = [f["name"]], f
+            while cur["parents"] and cur["parents"][0] != self.root_id:
+                cur = self.files[cur["parents"][0]]
+                names.append(cur["name"])
+            out.append({"id": f["id"], "name": f["name"], "mimeType": f["mimeType"],
+                        "parent": f["parents"][0] if f["parents"] else None,
+                        "trashed": is_trashed, "size": self.file_size(f), "md5": f.get("md5"),
+                        "path": "/".join(reversed(names)), "revisions": len(f["revisions"])})
+        return out
+
+    def duplicates(self) -> list[tuple[str, str]]:
+        """``(parent id, name)`` pairs held by more than one live file."""
+        seen: dict[tuple[str, str], int] = {}
+        for f in self.snapshot():
+            key = (f["parent"], f["name"])
+            seen[key] = seen.get(key, 0) + 1
+        return sorted(k for k, n in seen.items() if n > 1)
 
     # -- rendering ---------------------------------------------------------------------------
 
@@ -723,6 +752,10 @@ def build_app(state: DriveState) -> web.Application:
     r.add_put("/upload/drive/v3/files/{id}", h.upload_chunk)
     r.add_delete("/upload/drive/v3/files", h.cancel_upload)
     r.add_delete("/upload/drive/v3/files/{id}", h.cancel_upload)
+    r.add_get("/_emulator/state", h.control_state)
+    r.add_post("/_emulator/reset", h.control_reset)
+    r.add_post("/_emulator/faults", h.control_faults)
+    r.add_post("/_emulator/token", h.control_token)
     r.add_get("/o/oauth2/auth", h.authorize)
     r.add_get("/o/oauth2/v2/auth", h.authorize)
     r.add_post("/token", h.token)
@@ -1097,6 +1130,45 @@ class _Handlers:
         s = self.s
         s.sessions.pop(request.query.get("upload_id", ""), None)
         return web.Response(status=499)
+
+    # -- control (not Drive: for tests of a server run with `python -m`) -----------------------
+
+    async def control_state(self, request):
+        """Counters, injected faults, live files and duplicate names."""
+        s = self.s
+        return web.json_response({
+            "stats": dict(s.stats), "upload_bytes": s.upload_bytes,
+            "faults_injected": dict(s.faults.injected), "files": s.snapshot(),
+            "duplicates": [list(d) for d in s.duplicates()],
+            "quota": {"limit": s.quota_limit, "usage": s.bytes_used}})
+
+    async def control_reset(self, request):
+        """Zero the counters."""
+        self.s.stats.clear()
+        self.s.upload_bytes = 0
+        return web.json_response({"ok": True})
+
+    async def control_faults(self, request):
+        """``{"rate", "kinds", "after_commit", "seed"}`` (random faults), ``{"push": {"kind",
+        "operation", "count", "after"}}`` (scripted) or ``{"drop_upload_at": N}``."""
+        body = _json_body(await request.read())
+        faults = self.s.faults
+        try:
+            if "push" in body:
+                faults.push(**body["push"])
+            elif "drop_upload_at" in body:
+                faults.drop_upload_at(int(body["drop_upload_at"]))
+            else:
+                faults.configure(**body)
+        except (TypeError, ValueError) as exc:
+            raise DriveError(400, "invalid", str(exc)) from None
+        return web.json_response({"ok": True})
+
+    async def control_token(self, request):
+        """``{"scopes": [...]}`` -> a refresh token of the default client and an access token."""
+        body = _json_body(await request.read())
+        scopes = body.get("scopes") or [SCOPE_DRIVE]
+        return web.json_response(self._issue(DEFAULT_CLIENT_ID, scopes, refresh=True))
 
     # -- OAuth ---------------------------------------------------------------------------------
 
