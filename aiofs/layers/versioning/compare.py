@@ -12,8 +12,8 @@
 * ``image`` (Pillow, ``pip install aiofs[images]``): format, dimensions and mode of both,
   the share of pixels that changed (same dimensions) and, with ``diff_image=True``, a PNG
   that shows the changed pixels in red over a faded copy of the newer image.
-* ``binary``: the changed byte ranges ``[start, end)`` (merged, at most
-  :data:`MAX_RANGES`), bytes changed, and the size difference.
+* ``binary``: the changed byte ranges ``[start, end)`` (a rewritten region is one range,
+  at most :data:`MAX_RANGES`), the bytes they cover, and the size difference.
 """
 
 from __future__ import annotations
@@ -277,42 +277,55 @@ def image_diff(a: bytes, b: bytes, diff_image: bool = False) -> dict[str, Any]:
 # -- binary --------------------------------------------------------------------------------------
 
 
+def _first_difference(a, b, start: int, end: int) -> int:
+    for i in range(start, end):
+        if a[i] != b[i]:
+            return i
+    return end
+
+
+def _last_difference(a, b, start: int, end: int) -> int:
+    for i in range(end - 1, start - 1, -1):
+        if a[i] != b[i]:
+            return i + 1
+    return start
+
+
 def binary_diff(a: bytes, b: bytes) -> dict[str, Any]:
-    """Changed byte ranges ``[start, end)`` between two byte strings (merged, capped)."""
+    """Changed byte ranges ``[start, end)`` between two byte strings (capped).
+
+    Blocks of :data:`RANGE_BLOCK` bytes are compared whole (fast); a run of differing
+    blocks becomes one range trimmed to its first and last differing byte, so a rewritten
+    region is one range even where a byte happens to keep its value. ``bytes_changed`` is
+    the total length of the ranges.
+    """
     ranges: list[list[int]] = []
-    changed = 0
     common = min(len(a), len(b))
     va, vb = memoryview(a), memoryview(b)
     truncated = False
+    run_start = None
     for block in range(0, common, RANGE_BLOCK):
         end = min(block + RANGE_BLOCK, common)
-        if va[block:end] == vb[block:end]:
-            continue
-        i = block
-        while i < end:
-            if a[i] != b[i]:
-                j = i
-                while j < end and a[j] != b[j]:
-                    j += 1
-                changed += j - i
-                if ranges and ranges[-1][1] == i:
-                    ranges[-1][1] = j
-                elif len(ranges) < MAX_RANGES:
-                    ranges.append([i, j])
-                else:
-                    truncated = True
-                i = j
-            else:
-                i += 1
+        same = va[block:end] == vb[block:end]
+        if not same and run_start is None:
+            run_start = block
+        if same and run_start is not None:
+            ranges.append([_first_difference(a, b, run_start, block),
+                           _last_difference(a, b, block - RANGE_BLOCK, block)])
+            run_start = None
+    if run_start is not None:
+        last_block = ((common - 1) // RANGE_BLOCK) * RANGE_BLOCK
+        ranges.append([_first_difference(a, b, run_start, common),
+                       _last_difference(a, b, last_block, common)])
     if len(a) != len(b):
         start, stop = common, max(len(a), len(b))
-        changed += stop - start
         if ranges and ranges[-1][1] == start:
             ranges[-1][1] = stop
-        elif len(ranges) < MAX_RANGES:
-            ranges.append([start, stop])
         else:
-            truncated = True
-    return {"type": "binary", "changed_ranges": ranges, "bytes_changed": changed,
+            ranges.append([start, stop])
+    if len(ranges) > MAX_RANGES:
+        ranges, truncated = ranges[:MAX_RANGES], True
+    return {"type": "binary", "changed_ranges": ranges,
+            "bytes_changed": sum(e - s for s, e in ranges),
             "size_a": len(a), "size_b": len(b), "size_change_bytes": len(b) - len(a),
             "identical": a == b, "truncated": truncated}
