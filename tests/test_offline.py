@@ -1,0 +1,475 @@
+"""Offline: the shipped suites over a flaky network (FaultInjectingFileSystem, 5 % failures,
+over LocalBackend) with the remote checked against the model after a drain; the disconnect
+scenario (1,000 operations unplugged, conflicts on purpose); coalescing, offline reads and
+listings, revalidation, range caching, eviction, pins, the dirty-data quota, conflict
+policies, status, restarts and two processes sharing a cache directory."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import posixpath
+import random
+import threading
+import time
+
+import pytest
+from hypothesis.stateful import run_state_machine_as_test
+
+from aiofs import LocalBackend
+from aiofs.errors import InvalidArgument, StorageQuotaExceeded, SyncFailed
+from aiofs.layers import Offline
+from aiofs.testing.abstract import FsspecAbstractSuite
+from aiofs.testing.conformance import ConformanceSuite
+from aiofs.testing.counting import CountingFileSystem
+from aiofs.testing.faults import FaultInjectingFileSystem
+from aiofs.testing.stateful import FilesystemModel, stateful_settings
+
+FAILURE_RATE = 0.05
+
+
+def flaky_stack(tmp_path, seed: int = 0, failure_rate: float = FAILURE_RATE, **options):
+    """Offline over a 5 %-flaky "network" over a local disk; returns (offline, flaky, disk)."""
+    disk = LocalBackend(str(tmp_path / "remote"), fsync=False)
+    flaky = FaultInjectingFileSystem(fs=disk, failure_rate=failure_rate, seed=seed)
+    options.setdefault("cache_dir", str(tmp_path / "cache"))
+    options.setdefault("fsync", False)
+    return Offline(fs=flaky, **options), flaky, disk
+
+
+def remote_files(disk, root: str = "") -> dict[str, bytes]:
+    """``{relative path: bytes}`` of every file on the remote disk below ``root``."""
+    base = disk._strip_protocol(root).strip("/")
+    out = {}
+    for name in disk.find(root):
+        rel = disk._strip_protocol(name).strip("/")
+        if base:
+            rel = rel[len(base) + 1:]
+        out[rel] = disk.cat_file(name)
+    return out
+
+
+# -- the shipped suites ------------------------------------------------------------------------
+
+
+class Closing:
+    def cleanup_fs(self, fs, root):
+        try:
+            super().cleanup_fs(fs, root)
+            fs.sync(wait=True)
+        finally:
+            fs.close()
+
+
+class TestOfflineAbstract(Closing, FsspecAbstractSuite):
+    def make_fs(self, tmp_path):
+        return flaky_stack(tmp_path, seed=len(str(tmp_path)))[0], "/data"
+
+
+class TestOfflineConformance(Closing, ConformanceSuite):
+    def make_fs(self, tmp_path):
+        return flaky_stack(tmp_path, seed=len(str(tmp_path)))[0], ""
+
+    def test_logical_sizes(self, fs, fs_path):
+        # The suite reads the target right after a write; here the target is the network,
+        # which gets the file once the syncer drained the queue (and fails 5 % of calls).
+        flaky = fs.fs
+        real_ls = flaky.ls
+
+        def ls_after_drain(path, detail=True, **kwargs):
+            if threading.current_thread() is not threading.main_thread():
+                return real_ls(path, detail=detail, **kwargs)  # the syncer's own listings
+            fs.sync(wait=True)
+            for attempt in range(20):
+                try:
+                    return real_ls(path, detail=detail, **kwargs)
+                except ConnectionError:
+                    continue
+            raise AssertionError("the flaky target failed 20 times in a row")
+
+        flaky.ls = ls_after_drain
+        try:
+            super().test_logical_sizes(fs, fs_path)
+        finally:
+            del flaky.ls
+
+
+class RemoteCheckedModel(FilesystemModel):
+    """The stateful model, plus: after each example the queue drains and the remote disk
+    holds exactly the model's files."""
+
+    def teardown(self):
+        try:
+            self.fs.sync(wait=True)
+            disk = self.fs.fs.fs
+            assert remote_files(disk, self.root) == self.files if disk.exists(self.root) \
+                else self.files == {}
+        finally:
+            super().teardown()
+
+
+def test_stateful_model_over_a_flaky_network(tmp_path):
+    fs, flaky, disk = flaky_stack(tmp_path, seed=3)
+    counter = iter(range(10**9))
+    built = []
+
+    def factory():
+        built.append(1)
+        return fs, f"/run{next(counter)}"
+
+    machine = type("OfflineModel", (RemoteCheckedModel,), {"factory": staticmethod(factory)})
+    examples = int(os.environ.get("AIOFS_STATEFUL_EXAMPLES", "300"))
+    try:
+        run_state_machine_as_test(machine, settings=stateful_settings(examples, 10))
+    finally:
+        fs.close()
+    assert len(built) >= examples
+    assert flaky.failures > 50  # the network really was flaky
+
+
+# -- the disconnect scenario --------------------------------------------------------------------
+
+
+def test_disconnect_thousand_operations_then_drain(tmp_path):
+    fs, flaky, disk = flaky_stack(tmp_path, seed=11)
+    rng = random.Random(5)
+    model: dict[str, bytes] = {}
+    # a starting tree, uploaded while online
+    for i in range(40):
+        path = f"/w/d{i % 4}/f{i}.txt"
+        model[path] = rng.randbytes(rng.randrange(0, 3000))
+        fs.pipe_file(path, model[path])
+    fs.sync(wait=True)
+    assert remote_files(disk, "/w") == {k[3:]: v for k, v in model.items()}
+    fs.ls("/w", detail=False)
+    for d in range(4):
+        fs.ls(f"/w/d{d}")
+    conflicted = sorted(model)[:5]
+
+    flaky.unplug()
+    fs.ls("/w")  # listings and cached reads keep working
+    # someone else edits five files on the remote while we are offline ...
+    theirs = {}
+    for path in conflicted:
+        theirs[path] = b"their edit of " + path.encode()
+        disk.pipe_file(path, theirs[path])
+    # ... and we edit the same five here
+    for path in conflicted:
+        model[path] = b"our edit of " + path.encode()
+        fs.pipe_file(path, model[path])
+    ops = {"write": 0, "overwrite": 0, "delete": 0, "rename": 0, "mkdir": 0, "read": 0}
+    names = [f"/w/d{rng.randrange(6)}/n{i}.bin" for i in range(300)]
+    for step in range(1000):
+        kind = rng.choice(("write", "write", "overwrite", "delete", "rename", "mkdir", "read"))
+        candidates = sorted(p for p in model if p not in conflicted)
+        if kind == "write" or not candidates:
+            path = rng.choice(names)
+            model[path] = rng.randbytes(rng.randrange(0, 5000))
+            if rng.random() < 0.5:
+                fs.pipe_file(path, model[path])
+            else:
+                with fs.open(path, "wb") as f:
+                    f.write(model[path])
+            kind = "write"
+        elif kind == "overwrite":
+            path = rng.choice(candidates)
+            model[path] = rng.randbytes(rng.randrange(0, 5000))
+            fs.pipe_file(path, model[path])
+        elif kind == "delete":
+            path = rng.choice(candidates)
+            fs.rm(path)
+            del model[path]
+        elif kind == "rename":
+            src = rng.choice(candidates)
+            dst = rng.choice(names)
+            if dst in conflicted or dst == src:
+                continue
+            fs.mv(src, dst)
+            model[dst] = model.pop(src)
+        elif kind == "mkdir":
+            fs.makedirs(f"/w/e{rng.randrange(5)}", exist_ok=True)
+        else:
+            path = rng.choice(candidates)
+            assert fs.cat_file(path) == model[path]
+        ops[kind] += 1
+    assert not fs.online
+    assert fs.queue_totals()["count"] > 0
+    with pytest.raises(SyncFailed):
+        fs.sync(wait=True)
+    listed = {e["name"]: e["size"] for e in fs.find("/w", detail=True).values()}
+    assert listed == {k: len(v) for k, v in model.items()}
+
+    flaky.plug()
+    fs.sync(wait=True)
+    assert fs.queue_totals()["count"] == 0
+    on_remote = remote_files(disk, "/w")
+    copies = {k: v for k, v in on_remote.items() if "(conflicted copy " in k}
+    plain = {k: v for k, v in on_remote.items() if k not in copies}
+    expected = {k[3:]: v for k, v in model.items()}
+    for path in conflicted:  # the remote's version stays at the path
+        expected[path[3:]] = theirs[path]
+    assert plain == expected
+    assert sorted(copies.values()) == sorted(b"our edit of " + p.encode() for p in conflicted)
+    for name in copies:
+        assert name.endswith(".txt") and f" {fs.host})" in name
+    status = fs.status()
+    assert {c["path"] for c in status["conflicts"]} == set(conflicted)
+    assert all(c["outcome"] == "kept-both" for c in status["conflicts"])
+    assert min(ops.values()) > 50
+    fs.close()
+
+
+# -- behaviour ---------------------------------------------------------------------------------
+
+
+def test_writes_coalesce_and_a_local_only_file_costs_nothing(tmp_path):
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0)
+    flaky.unplug()
+    assert not fs.probe()  # known offline: the syncer starts no upload to coalesce against
+    for i in range(20):
+        fs.pipe_file("/a.txt", b"v%d" % i)
+    assert fs.queue_totals()["count"] == 1
+    fs.pipe_file("/tmp.txt", b"scratch")
+    fs.rm("/tmp.txt")
+    assert fs.queue_totals()["count"] == 1
+    flaky.plug()
+    fs.sync(wait=True)
+    assert flaky.call_counts["put_file"] == 1
+    assert disk.cat_file("/a.txt") == b"v19" and not disk.exists("/tmp.txt")
+    fs.close()
+
+
+def test_offline_reads_listings_and_misses(tmp_path):
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0)
+    disk.pipe_file("/docs/cached.txt", b"cached")
+    disk.pipe_file("/docs/cold.txt", b"cold")
+    assert fs.cat_file("/docs/cached.txt") == b"cached"
+    assert sorted(fs.ls("/docs", detail=False)) == ["/docs/cached.txt", "/docs/cold.txt"]
+    assert fs.status("/docs/cold.txt")["file"]["state"] == "not cached"
+    flaky.unplug()
+    assert fs.cat_file("/docs/cached.txt") == b"cached"
+    assert {e["name"]: e["size"] for e in fs.ls("/docs")} == {"/docs/cached.txt": 6, "/docs/cold.txt": 4}
+    with pytest.raises(SyncFailed) as info:
+        fs.cat_file("/docs/cold.txt")
+    assert info.value.code == "SYNC_FAILED" and "/docs/cold.txt" in str(info.value)
+    with pytest.raises(FileNotFoundError):
+        fs.info("/docs/never.txt")  # the complete listing proves it absent
+    fs.close()
+
+
+def test_offline_detected_and_back_online_by_the_probe(tmp_path):
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, probe_interval=0.05,
+                                  heartbeat_interval=0.05)
+    fs.pipe_file("/x", b"x")
+    fs.sync(wait=True)
+    flaky.unplug()
+    while fs.online:  # the heartbeat notices (pytest's timeout is the bound, not this test)
+        fs.info("/x")
+        time.sleep(0.01)
+    fs.pipe_file("/y", b"y")
+    flaky.plug()
+    fs.sync(wait=True)
+    assert fs.online and disk.cat_file("/y") == b"y"
+    fs.close()
+
+
+def test_reads_revalidate_against_the_remote(tmp_path):
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, revalidate_after=0.0)
+    disk.pipe_file("/f", b"one")
+    assert fs.cat_file("/f") == b"one"
+    disk.pipe_file("/f", b"two!")
+    assert fs.cat_file("/f") == b"two!"
+    disk.rm("/f")
+    assert not fs.exists("/f")
+    fs.close()
+
+
+def test_stale_cache_is_served_until_revalidation_is_due(tmp_path):
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, revalidate_after=3600)
+    disk.pipe_file("/f", b"one")
+    assert fs.cat_file("/f") == b"one"
+    disk.pipe_file("/f", b"two!")
+    assert fs.cat_file("/f") == b"one"  # within revalidate_after: no remote call
+    fs.invalidate_cache("/f")
+    assert fs.cat_file("/f") == b"two!"
+    fs.close()
+
+
+def test_large_files_are_fetched_and_cached_by_blocks(tmp_path):
+    disk = LocalBackend(str(tmp_path / "remote"), fsync=False)
+    counting = CountingFileSystem(fs=disk)
+    fs = Offline(fs=counting, cache_dir=str(tmp_path / "cache"), whole_file_limit=100_000,
+                 block_size=65536, fsync=False)
+    data = random.Random(1).randbytes(1_000_000)
+    disk.pipe_file("/big", data)
+    counting.reset()
+    assert fs.cat_file("/big", 300_000, 300_100) == data[300_000:300_100]
+    assert counting.bytes_read == 65536
+    assert fs.status("/big")["file"]["state"] == "partial"
+    assert fs.cat_file("/big", 300_010, 300_020) == data[300_010:300_020]
+    assert counting.bytes_read == 65536  # served from the cached block
+    with fs.open("/big", "rb") as f:
+        f.seek(999_990)
+        assert f.read() == data[999_990:]
+    assert fs.cat_file("/big") == data
+    assert fs.status("/big")["file"]["state"] == "cached"
+    assert counting.bytes_read <= len(data) + 65536
+    fs.close()
+
+
+def test_eviction_is_lru_of_clean_unpinned_data(tmp_path):
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, max_cache_bytes=25_000)
+    for i in range(5):
+        disk.pipe_file(f"/c/{i}", bytes([i]) * 10_000)
+    disk.pipe_file("/p/kept", b"k" * 10_000)
+    fs.pin("/p")
+    for i in range(5):
+        assert fs.cat_file(f"/c/{i}") == bytes([i]) * 10_000
+        fs._journal.db().execute("UPDATE entries SET accessed = ? WHERE path = ?", (time.time() - 100 + i, f"/c/{i}"))
+    report = fs.evict()
+    states = {p: fs.status(p)["file"]["state"] for p in [f"/c/{i}" for i in range(5)] + ["/p/kept"]}
+    assert states["/p/kept"] == "cached"  # pinned
+    assert states["/c/4"] == "cached" and states["/c/0"] == "not cached"  # least recently used go
+    assert report["cached_bytes"] <= 25_000
+    assert fs.cat_file("/c/0") == bytes([0]) * 10_000  # evicted data comes back from the remote
+    fs.close()
+
+
+def test_old_clean_data_is_evicted_dirty_data_never(tmp_path):
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, max_age_days=30)
+    disk.pipe_file("/old", b"o" * 100)
+    fs.cat_file("/old")
+    flaky.unplug()
+    assert not fs.probe()
+    fs.pipe_file("/dirty", b"d" * 100)
+    fs._journal.db().execute("UPDATE entries SET accessed = 1")
+    fs.evict()
+    assert fs.status("/old")["file"]["state"] == "not cached"
+    assert fs.status("/dirty")["file"]["state"] == "dirty"
+    assert fs.cat_file("/dirty") == b"d" * 100
+    fs.close()
+
+
+def test_dirty_data_at_the_cap_waits_then_fails(tmp_path):
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, max_cache_bytes=10_000,
+                                  quota_wait=0.2)
+    flaky.unplug()
+    assert not fs.probe()
+    fs.pipe_file("/a", b"a" * 6000)
+    with pytest.raises(StorageQuotaExceeded) as info:
+        fs.pipe_file("/b", b"b" * 6000)
+    assert info.value.code == "STORAGE_QUOTA_EXCEEDED"
+    with pytest.raises(StorageQuotaExceeded):
+        with fs.open("/c", "wb") as f:
+            f.write(b"c" * 6000)
+    assert not fs.exists("/b") and not fs.exists("/c")
+    assert fs.cat_file("/a") == b"a" * 6000
+    flaky.plug()
+    fs.sync(wait=True)
+    fs.pipe_file("/b", b"b" * 6000)  # uploaded data is clean: room again
+    fs.sync(wait=True)
+    assert disk.cat_file("/b") == b"b" * 6000
+    fs.close()
+
+
+@pytest.mark.parametrize("policy, at_path, copies", [
+    ("local-wins", b"ours", 0), ("remote-wins", b"theirs", 0), ("newer-wins", b"theirs", 0),
+    ("keep-both", b"theirs", 1),
+])
+def test_conflict_policies(tmp_path, policy, at_path, copies):
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, conflict_policy=policy)
+    fs.pipe_file("/doc.md", b"base")
+    fs.sync(wait=True)
+    flaky.unplug()
+    fs.pipe_file("/doc.md", b"ours")
+    time.sleep(0.05)
+    disk.pipe_file("/doc.md", b"theirs")  # newer than our edit
+    flaky.plug()
+    fs.sync(wait=True)
+    assert disk.cat_file("/doc.md") == at_path
+    names = [n for n in disk.ls("/", detail=False) if "conflicted copy" in n]
+    assert len(names) == copies
+    if copies:
+        assert disk.cat_file(names[0]) == b"ours"
+        assert fs.status(names[0])["file"]["state"] == "conflict"
+    assert fs.cat_file("/doc.md") == at_path
+    assert len(fs.conflicts()) == 1
+    fs.close()
+
+
+def test_bad_options_are_refused(tmp_path):
+    with pytest.raises(InvalidArgument):
+        flaky_stack(tmp_path, conflict_policy="mine")
+    with pytest.raises(InvalidArgument):
+        flaky_stack(tmp_path, max_cache_bytes="lots")
+
+
+def test_status_states_and_queue_totals(tmp_path):
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0)
+    disk.pipe_file("/s/remote.txt", b"r")
+    fs.ls("/s")
+    flaky.unplug()
+    assert not fs.probe()
+    fs.pipe_file("/s/new.txt", b"12345")
+    status = fs.status("/s")
+    states = {f["path"]: f["state"] for f in status["files"]}
+    assert states == {"/s/remote.txt": "not cached", "/s/new.txt": "dirty"}
+    assert status["queue"]["count"] == 1 and status["queue"]["bytes"] == 5
+    assert status["queue"]["oldest"] <= time.time()
+    assert status["online"] is False
+    flaky.plug()
+    fs.sync(wait=True)
+    assert fs.status("/s/new.txt")["file"]["state"] == "cached"
+    fs.close()
+
+
+def test_queued_operations_survive_a_restart(tmp_path):
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0)
+    flaky.unplug()
+    fs.pipe_file("/keep/a", b"a")
+    fs.mv("/keep/a", "/keep/b")
+    fs.makedirs("/keep/empty")
+    fs.close()
+    again, flaky2, disk2 = flaky_stack(tmp_path, failure_rate=0.0)
+    assert again.cat_file("/keep/b") == b"a"
+    again.sync(wait=True)
+    assert disk2.cat_file("/keep/b") == b"a" and not disk2.exists("/keep/a")
+    assert disk2.isdir("/keep/empty")
+    again.close()
+
+
+def _second_process(remote: str, cache: str, path: str) -> None:
+    fs = Offline(fs=LocalBackend(remote, fsync=False), cache_dir=cache, fsync=False)
+    fs.pipe_file(path, b"from the other process")
+    fs.sync(wait=True)
+    fs.close()
+
+
+def test_two_processes_share_a_cache_dir_with_one_syncer(tmp_path):
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0)
+    fs.pipe_file("/one", b"1")
+    fs.sync(wait=True)
+    assert fs.status()["syncer"]["holds_lock"]
+    context = multiprocessing.get_context("spawn")
+    child = context.Process(target=_second_process,
+                            args=(str(tmp_path / "remote"), str(tmp_path / "cache"), "/two"))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert disk.cat_file("/two") == b"from the other process"
+    fs.invalidate_cache()
+    assert fs.cat_file("/two") == b"from the other process"
+    fs.close()
+
+
+def test_internal_data_of_layers_above_is_synced(tmp_path):
+    from aiofs.layer import internal_access
+
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0)
+    with internal_access():
+        fs.pipe_file("/.aiofs/state.json", b"{}")
+    assert fs.ls("/", detail=False) == []
+    fs.sync(wait=True)
+    with internal_access():
+        assert disk.cat_file("/.aiofs/state.json") == b"{}"
+    fs.close()
