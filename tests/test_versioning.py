@@ -688,3 +688,21 @@ def test_old_versions_open_from_a_real_mount(tmp_path):
         assert os.listdir(mount.mountpoint) == ["notes.txt"]          # .versions stays hidden
     finally:
         mount.stop()
+
+
+def test_cleanup_offers_leftovers_of_interrupted_writes(tmp_path):
+    fs = local(tmp_path)
+    fs.pipe_file("/a.txt", b"one")
+    fs.pipe_file("/a.txt", b"two")
+    data_dir = f"{ROOT}/files/{path_key('a.txt')[:2]}/{path_key('a.txt')}/data"
+    with internal_access():   # what a crash between the copy and the record leaves
+        fs.fs.pipe_file(f"{data_dir}/orphan.txt", b"half")
+        fs.fs.pipe_file(f"{ROOT}/staging/abandoned", b"staged")
+    assert fs.cleanup_candidates() == []                  # young: maybe a writer at work
+    later = time.time() + 7200
+    offered = fs.cleanup_candidates(now=later)
+    assert sorted(c["object"].rsplit("/", 1)[1] for c in offered) == ["abandoned", "orphan.txt"]
+    assert all("interrupted write" in c["reason"] for c in offered)
+    assert fs.apply_cleanup(offered)["bytes_freed"] == 10
+    assert fs.cleanup_candidates(now=later) == []
+    assert fs.read_version("/a.txt", 1) == b"one" and fs.cat_file("/a.txt") == b"two"

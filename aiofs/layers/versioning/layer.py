@@ -71,6 +71,7 @@ FORMAT_VERSION = 1
 CHANGES = ("overwrite", "delete", "rename", "revert", "autosave")
 DAY = 86400.0
 RECORD_CACHE_FILES = 1024
+LEFTOVER_AGE = 3600.0  # seconds: an interrupted write's objects are offered to cleanup after this
 HASH_BLOCK = 8 << 20
 
 _RECORD_RE = re.compile(r"^v(\d{8,})\.json$")
@@ -637,7 +638,6 @@ class Versioning(Layer):
                 kept = self._snapshot(rel, entry, "revert", meta)
             with internal_access():
                 self.fs.cp_file(f"{self._hdir(key)}/{record['data']}", self._name(rel))
-            self._after_change(rel)
             if meta.get("description") is None:
                 meta["description"] = f"reverted to version {record['version_number']}"
             self._write_head(rel, meta, source="revert",
@@ -727,7 +727,6 @@ class Versioning(Layer):
                 _, record, _ = self._resolve(rel, version_id)
             with internal_access():
                 self.fs.cp_file(f"{self._hdir(key)}/{record['data']}", self._name(rel))
-            self._after_change(rel)
             meta["description"] = meta.get("description") or \
                 f"restored version {record['version_number']}"
             self._write_head(rel, meta, source="restore",
@@ -781,30 +780,56 @@ class Versioning(Layer):
     # -- cleanup hooks (aiofs.optimize.cleanup) ------------------------------------------------
 
     def cleanup_candidates(self, now: float | None = None) -> list[dict]:
-        """Versions beyond the rules (after ``max_versions``/``keep_days`` changed or an unpin).
+        """Versions beyond the rules (after ``max_versions``/``keep_days`` changed or an
+        unpin), and leftovers of interrupted writes older than an hour (a version's data
+        that no record names, a staging object).
 
         Scans every history (cleanup is an explicit, rare operation).
         """
+        now = _now() if now is None else now
         out = []
         with internal_access():
             try:
                 dirs = self.fs.find(f"{ROOT}/files", maxdepth=2, withdirs=True, detail=True)
             except FileNotFoundError:
-                return []
+                dirs = {}
         keys = sorted({posixpath.basename(n.rstrip("/")) for n, e in dirs.items()
                        if e.get("type") == "directory" and re.fullmatch(r"[0-9a-f]{32}",
                                                                         posixpath.basename(n.rstrip("/")))})
         for key in keys:
             listing = self._listing(key)
             records = self._records(key, listing)
-            if not records:
-                continue
             for record in self._beyond_rules(records, self._pins(listing), now):
                 out.append({"path": self._name(record["path"]), "size": int(record.get("size") or 0),
                             "reason": self._reason(record, now), "kind": "version",
                             "version_id": record["version_id"],
                             "version_number": record["version_number"],
                             "mtime": record.get("timestamp")})
+            if "data" in listing:
+                out += self._leftovers(f"{self._hdir(key)}/data", now, key=key, records=records)
+        out += self._leftovers(f"{ROOT}/staging", now)
+        return out
+
+    def _leftovers(self, directory: str, now: float, key: str | None = None,
+                   records: dict | None = None) -> list[dict]:
+        """Objects in ``directory`` older than :data:`LEFTOVER_AGE` that no record names."""
+        with internal_access():
+            try:
+                entries = self.fs.ls(directory, detail=True)
+            except FileNotFoundError:
+                return []
+        named = {r.get("data") for r in (records or {}).values()}
+        out = []
+        for entry in entries:
+            name = entry["name"].rstrip("/")
+            rel_name = f"data/{posixpath.basename(name)}"
+            when = _entry_time(entry)
+            if entry.get("type") != "file" or rel_name in named or when is None \
+                    or now - when < LEFTOVER_AGE:
+                continue
+            out.append({"path": self._name(name.strip("/")), "size": int(entry.get("size") or 0),
+                        "kind": "version", "object": name, "key": key, "mtime": when,
+                        "reason": "left by an interrupted write (no version refers to it)"})
         return out
 
     def _reason(self, record: dict, now: float | None) -> str:
@@ -818,6 +843,11 @@ class Versioning(Layer):
         freed, removed = 0, 0
         by_path: dict[str, set] = {}
         for c in candidates:
+            if c.get("object"):
+                freed_here = self._remove_leftover(c)
+                freed += freed_here
+                removed += bool(freed_here)
+                continue
             by_path.setdefault(self._rel(c["path"]), set()).add(c.get("version_id"))
         for rel, ids in by_path.items():
             with self._locked([rel]):
@@ -830,10 +860,24 @@ class Versioning(Layer):
                 self._forget(key)
         return {"bytes_freed": freed, "versions_removed": removed}
 
-    # -- versioned writes ----------------------------------------------------------------------
+    def _remove_leftover(self, candidate: dict) -> int:
+        """Remove one leftover object if still unreferenced; its size, or 0 if kept."""
+        name, key = candidate["object"], candidate.get("key")
+        with contextlib.ExitStack() as stack:
+            if key:
+                stack.enter_context(self.locks.hold([key]))
+                listing = self._listing(key)
+                if f"data/{posixpath.basename(name)}" in {
+                        r.get("data") for r in self._records(key, listing).values()}:
+                    return 0  # a record names it now
+            with internal_access():
+                try:
+                    self.fs.rm_file(name)
+                except FileNotFoundError:
+                    return 0
+        return int(candidate.get("size") or 0)
 
-    def _after_change(self, rel: str) -> None:
-        """Hook after the live file changed (nothing to invalidate here beyond the target)."""
+    # -- versioned writes ----------------------------------------------------------------------
 
     def _versioned_replace(self, rel: str, change: str, meta: dict, commit, move: bool = False):
         """Snapshot the live file (if any), run ``commit()``, record metadata, prune."""
