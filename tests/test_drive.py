@@ -324,6 +324,18 @@ def test_name_queries_are_rechecked_exactly(fresh):
     assert fs.cat_file(name_with_quote) == b"quoted"
 
 
+def test_names_no_path_can_reach_are_not_listed(fresh):
+    fs = backend(fresh)
+    root = fs.info("/")["id"]
+    fresh.add_file("a/b.txt", b"slash", parent_id=root, by_app=True)
+    fresh.add_file("..", b"dots", parent_id=root, by_app=True)
+    fresh.add_file("Form", parent_id=root, mime_type="application/vnd.google-apps.form", by_app=True)
+    fresh.add_file("ok.txt", b"ok", parent_id=root, by_app=True)
+    fs.invalidate_cache()
+    assert fs.ls("/", detail=False) == ["/ok.txt"]
+    assert fs.find("/") == ["/ok.txt"]
+
+
 def test_duplicate_names_resolve_deterministically_with_a_warning(fresh):
     fs = backend(fresh)
     root = fs.info("/")["id"]

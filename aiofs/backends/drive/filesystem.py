@@ -239,11 +239,15 @@ class DriveBackend(SafeTextWrites, AsyncFileSystem):
 
     def _display(self, res: dict) -> str | None:
         """The name shown for a Drive file; ``None`` for types we do not show."""
-        mime = res["mimeType"]
+        mime, name = res["mimeType"], res["name"]
+        if "/" in name or name in ("", ".", "..") or "\x00" in name:
+            # legal on Drive, but no path can name it: not shown (other apps may make them)
+            log.info("drive: not showing %r (%s): no path can name it", name, res["id"])
+            return None
         if mime.startswith("application/vnd.google-apps.") and mime != FOLDER:
-            export = self.export_formats.get(mime)
-            return None if export is None else f"{res['name']}.{export[1]}"
-        return res["name"]
+            export = self.export_formats.get(mime)  # shortcuts, forms, sites: not shown
+            return None if export is None else f"{name}.{export[1]}"
+        return name
 
     def _node(self, res: dict) -> dict:
         node = dict(res)
