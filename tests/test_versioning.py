@@ -19,7 +19,7 @@ import fsspec
 import pytest
 
 from aiofs import LocalBackend
-from aiofs.errors import AlreadyExists, InvalidArgument, ReadOnly, VersionNotFound
+from aiofs.errors import AlreadyExists, InvalidArgument, VersionNotFound
 from aiofs.layer import internal_access
 from aiofs.layers import Dedup, Versioning
 from aiofs.layers.versioning.layer import ROOT, path_key
@@ -706,3 +706,18 @@ def test_cleanup_offers_leftovers_of_interrupted_writes(tmp_path):
     assert fs.apply_cleanup(offered)["bytes_freed"] == 10
     assert fs.cleanup_candidates(now=later) == []
     assert fs.read_version("/a.txt", 1) == b"one" and fs.cat_file("/a.txt") == b"two"
+
+
+def test_stats_for_the_overview(tmp_path, isolated_storage):
+    from aiofs.optimize.overview import overview
+
+    fs = dedup(tmp_path)
+    for i in range(3):
+        fs.pipe_file("/a.bin", rand(10_000, i))
+    fs.pipe_file("/b.bin", b"b")
+    fs.pin("/a.bin", 1)
+    fs.rm("/b.bin")
+    stats = fs.stats()
+    assert stats["files_with_versions"] == 2 and stats["versions"] == 3 and stats["pinned"] == 1
+    assert stats["version_bytes"] == 20_001 and stats["deleted_markers"] == 1
+    assert overview(fs)["layers"]["versioning"]["versions"] == 3

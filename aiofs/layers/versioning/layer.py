@@ -13,9 +13,10 @@ Contract (DESIGN.md "The layer contract"; format in ``docs/formats/versioning.md
   is one directory: reading it costs O(that file's versions), never a scan of the store.
 * **Records are small immutable JSON objects** (``v00000003.json``) created exclusively
   (``mode="create"``): the number is claimed by whoever creates it first, so numbering stays
-  unique across threads, processes and machines. Pins are marker objects beside them
-  (``v00000003.pin``). A record is created after its data and removed before it, so a record
-  never points at missing data.
+  unique across threads, processes and machines. Numbers are never reused, so a listing of
+  names (no ``stat``, no reads) tells which cached records still hold: ``versions()`` costs
+  one directory listing. Pins are marker objects beside them (``v00000003.pin``). A record
+  is created after its data and removed before it, so a record never points at missing data.
 * **Snapshot and replace are one step per file**: writers of one machine hold a per-file
   lock (:mod:`.locks`) from the snapshot to the commit, so concurrent writers each record
   the content they replaced and none is lost.
@@ -26,6 +27,9 @@ Contract (DESIGN.md "The layer contract"; format in ``docs/formats/versioning.md
   ``.versions/<path>/`` lists a file's versions as files ``v0003 2026-11-29 101500.txt``.
   Not listed in the root unless ``show_versions_dir=True``, so ``find``/``du``/recursive
   copies never see it; writes below it give ``READ_ONLY``.
+* A target whose ``open('wb')`` replaces the file at once (no ``atomic_writes``
+  capability, e.g. fsspec's memory filesystem) gets a staging object moved into place at
+  close, so the old content still exists when the snapshot is taken.
 * Internal paths (``.aiofs/``) are passed through untouched and never versioned.
 """
 
@@ -44,7 +48,6 @@ import re
 import secrets
 import threading
 import time
-from typing import Any
 
 import blake3
 import fsspec
@@ -68,7 +71,7 @@ RECORD_FORMAT = "aiofs-version"
 HEAD_FORMAT = "aiofs-version-head"
 DELETED_FORMAT = "aiofs-version-deleted"
 FORMAT_VERSION = 1
-CHANGES = ("overwrite", "delete", "rename", "revert", "autosave")
+CHANGES = ("overwrite", "delete", "rename", "revert", "autosave")  # a record's "change"
 DAY = 86400.0
 RECORD_CACHE_FILES = 1024
 LEFTOVER_AGE = 3600.0  # seconds: an interrupted write's objects are offered to cleanup after this
@@ -776,6 +779,35 @@ class Versioning(Layer):
         key, record, pins = self._resolve(rel, version)
         return (self._public(rel, record, record["version_number"] in pins),
                 self._read_data(key, record))
+
+    def stats(self) -> dict:
+        """Counts for the storage overview, from one listing of the history store.
+
+        ``version_bytes`` is what the versions hold (logical); with Dedup below they store
+        far less (the chunks they share with other versions and files are stored once).
+        """
+        with internal_access():
+            try:
+                found = self.fs.find(ROOT, detail=True)
+            except FileNotFoundError:
+                found = {}
+        keys, versions, pinned, data_bytes, deleted = set(), 0, 0, 0, 0
+        for name, entry in found.items():
+            parts = name.strip("/").split("/")
+            base = parts[-1]
+            if len(parts) >= 6 and parts[2] == "files":
+                if _RECORD_RE.match(base):
+                    versions += 1
+                    keys.add(parts[4])
+                elif _PIN_RE.match(base):
+                    pinned += 1
+                elif parts[-2] == "data":
+                    data_bytes += int(entry.get("size") or 0)
+            elif len(parts) == 4 and parts[2] == "deleted":
+                deleted += 1
+        return {"files_with_versions": len(keys), "versions": versions, "pinned": pinned,
+                "version_bytes": data_bytes, "deleted_markers": deleted,
+                "max_versions": self.max_versions, "keep_days": self.keep_days}
 
     # -- cleanup hooks (aiofs.optimize.cleanup) ------------------------------------------------
 
