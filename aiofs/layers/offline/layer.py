@@ -363,6 +363,12 @@ class Offline(Layer):
 
     # -- remote calls ----------------------------------------------------------------------
 
+    def _forget_target_cache(self, key: str) -> None:
+        """We ask the remote only when we want its current state: drop the target's own
+        listings cache (s3fs, gcsfs keep one) first."""
+        with contextlib.suppress(Exception):
+            self.fs.invalidate_cache(key)
+
     def _remote(self, fn, *args, what: str = "", **kwargs):
         """Call the remote, retrying connection-kind errors; ``SYNC_FAILED`` when unreachable.
 
@@ -591,6 +597,7 @@ class Offline(Layer):
         elif not self.online:
             self._remote_attempt_offline(key)
         version = self._dir_version(conn, self._parent(key))
+        self._forget_target_cache(key)
         try:
             entry = self._remote(self.fs.info, key, what=key)
         except FileNotFoundError:
@@ -648,6 +655,7 @@ class Offline(Layer):
         if not self.online and complete:
             return
         version = d["version"] if d is not None else 0
+        self._forget_target_cache(key)
         try:
             listing = self._remote(self.fs.ls, key, detail=True, what=key)
         except FileNotFoundError:
