@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 
+from aiofs.testing.conformance import ConformanceSuite
 from aiofs.testing.drive_emulator import (
     DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FOLDER, DriveEmulator,
 )
@@ -335,3 +336,20 @@ def test_dedupe_merge_makes_drive_names_unique(emu, tmp_path, monkeypatch):
     assert emu.duplicates() == []
     assert sorted(fs.ls("/", detail=False)) == ["/twice (2).txt", "/twice.txt"]
     assert fs.cat_file("twice (2).txt") == b"other"
+
+
+class TestCompressOverDriveConformance(ConformanceSuite):
+    """A layer over Drive keeps the whole contract (hidden internals, logical sizes, ranges)."""
+
+    @pytest.fixture(autouse=True)
+    def _emulator(self, emu):
+        self.emulator = emu
+
+    def make_fs(self, tmp_path):
+        import uuid
+
+        from aiofs.backends.drive import DriveBackend
+        from aiofs.layers import Compress
+
+        drive = DriveBackend(**self.emulator.backend_options(root_folder=f"c-{uuid.uuid4().hex[:8]}"))
+        return Compress(fs=drive, cache_dir=str(tmp_path / "cache")), "/"
