@@ -35,6 +35,7 @@ RESEND_CHUNKS_TARGET = 1  # chunks re-sent after a drop
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Command-line options."""
     parser = argparse.ArgumentParser(prog=f"python -m benchmarks {NAME}", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--latency", type=float, default=0.030, help="seconds added per request")
@@ -53,6 +54,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> tuple[Report, bool]:
+    """Run every measurement against one emulator; the report and whether counts pass."""
     from aiofs.backends.drive import DriveBackend
     from aiofs.testing.drive_emulator import DriveEmulator
 

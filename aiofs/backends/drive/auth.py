@@ -395,6 +395,7 @@ class TokenSource:
 
     @property
     def can_refresh(self) -> bool:
+        """Whether a new access token can be had (not a bare token)."""
         return self.credentials is not None
 
     def _refresh_sync(self) -> None:

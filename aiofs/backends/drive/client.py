@@ -52,6 +52,7 @@ class Response:
     reason: str | None = None
 
     def json(self) -> Any:
+        """The body parsed as JSON (``{}`` when empty)."""
         return json.loads(self.body) if self.body else {}
 
 
@@ -129,6 +130,7 @@ class DriveClient:
         self.refreshes = 0
 
     async def get_session(self) -> aiohttp.ClientSession:
+        """The aiohttp session, created on first use in the running loop."""
         if self.session is None or self.session.closed:
             self.session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=30),
@@ -142,6 +144,7 @@ class DriveClient:
         return self.session
 
     async def close(self) -> None:
+        """Close the session (its connections)."""
         if self.session is not None and not self.session.closed:
             await self.session.close()
 
@@ -151,6 +154,7 @@ class DriveClient:
         return cap / 2 + random.uniform(0, cap / 2)
 
     async def backoff(self, attempt: int) -> None:
+        """Count a retry and sleep for :meth:`backoff_delay`."""
         self.retries += 1
         await asyncio.sleep(self.backoff_delay(attempt))
 

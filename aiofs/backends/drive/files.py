@@ -47,26 +47,33 @@ class DriveWriteFile(io.BufferedIOBase):
         self._done = False
 
     def writable(self) -> bool:
+        """True."""
         return True
 
     def readable(self) -> bool:
+        """False."""
         return False
 
     def seekable(self) -> bool:
+        """True."""
         return True
 
     def write(self, data) -> int:
+        """Append to the spool (nothing goes to Drive yet)."""
         if self._done:
             raise ValueError("I/O operation on closed file")
         return self._spool.write(data)
 
     def tell(self) -> int:
+        """Position in the spool."""
         return self._spool.tell()
 
     def seek(self, offset: int, whence: int = 0) -> int:
+        """Move in the spool."""
         return self._spool.seek(offset, whence)
 
     def flush(self) -> None:
+        """No-op: the upload happens whole on :meth:`close`."""
         pass  # nothing reaches Drive before close: a half file must never be visible
 
     def close(self) -> None:

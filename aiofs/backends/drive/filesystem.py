@@ -170,6 +170,7 @@ class DriveBackend(SafeTextWrites, AsyncFileSystem):
 
     @property
     def fsid(self) -> str:
+        """Identifies the store: API URL and root folder."""
         return f"drive:{self.api_url}:{self.root_folder_id or self.root_folder}"
 
     @staticmethod
@@ -216,6 +217,7 @@ class DriveBackend(SafeTextWrites, AsyncFileSystem):
         return {}
 
     def unstrip_protocol(self, name: str) -> str:
+        """``aiofs-drive://a/b`` for the name ``/a/b``."""
         return f"aiofs-drive://{name.lstrip('/')}"
 
     def _lock(self, key: str) -> asyncio.Lock:

@@ -128,10 +128,12 @@ class DriveEmulator:
 
     @property
     def token_uri(self) -> str:
+        """The OAuth token endpoint (``/token``)."""
         return f"{self.url}/token"
 
     @property
     def auth_uri(self) -> str:
+        """The OAuth authorization endpoint (``/o/oauth2/auth``)."""
         return f"{self.url}/o/oauth2/auth"
 
     @property

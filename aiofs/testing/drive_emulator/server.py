@@ -100,6 +100,7 @@ class DriveError(Exception):
         self.status, self.reason, self.message, self.location = status, reason, message, location
 
     def response(self) -> web.Response:
+        """The HTTP response for this error."""
         return error_response(self.status, self.reason, self.message, self.location)
 
 
@@ -218,9 +219,11 @@ class DriveState:
         return self._clock
 
     def new_id(self) -> str:
+        """A random file id in Drive's alphabet."""
         return "1" + secrets.token_urlsafe(24).replace("-", "x").replace("_", "y")[:32]
 
     def record_change(self, file_id: str, removed: bool = False) -> None:
+        """Append a change for ``changes.list``."""
         self.changes.append({"seq": len(self.changes) + 1, "fileId": file_id,
                              "time": self.now(), "removed": removed})
 
@@ -236,6 +239,7 @@ class DriveState:
         return False
 
     def ancestors(self, file_id: str) -> list[str]:
+        """Folder ids from the parent up to the root."""
         out, f = [], self.files.get(file_id)
         while f is not None and f["parents"]:
             out.append(f["parents"][0])
@@ -249,6 +253,7 @@ class DriveState:
         return f["app_created"]
 
     def file_size(self, f: dict) -> int:
+        """Bytes of the head revision (0 for folders and Workspace files)."""
         return len(f["content"]) if f["content"] is not None else 0
 
     def usage(self) -> tuple[int, int]:
@@ -260,6 +265,7 @@ class DriveState:
         return self.bytes_used, trash
 
     def check_quota(self, extra: int) -> None:
+        """Raise ``storageQuotaExceeded`` when ``extra`` more bytes would pass the limit."""
         if self.quota_limit is None:
             return
         if self.bytes_used + extra > self.quota_limit:
@@ -267,6 +273,7 @@ class DriveState:
                              "The user's Drive storage quota has been exceeded.")
 
     def get(self, file_id: str, token: dict | None = None) -> dict:
+        """The file with this id (``root`` works) visible to ``token``, or 404."""
         if file_id == "root":
             file_id = self.root_id
         f = self.files.get(file_id)
@@ -345,12 +352,14 @@ class DriveState:
         return out
 
     def render_revision(self, r: dict, f: dict) -> dict:
+        """The ``drive#revision`` resource."""
         return {"kind": "drive#revision", "id": r["id"], "mimeType": f["mimeType"],
                 "modifiedTime": rfc3339(r["modifiedTime"]), "keepForever": r["keepForever"],
                 "md5Checksum": r["md5"], "size": str(len(r["content"])),
                 "originalFilename": f["name"], "published": False}
 
     def query_view(self, f: dict) -> dict:
+        """The fields ``q`` expressions look at."""
         parents = list(f["parents"])
         if self.root_id in parents:
             parents.append("root")  # the alias works in queries too
@@ -383,6 +392,7 @@ class DriveState:
         return [parent["id"]]
 
     def new_revision(self, f: dict, content: bytes) -> None:
+        """Record ``content`` as the new head revision (pruning old unpinned ones)."""
         self.bytes_used += len(content)
         f["revisions"].append({"id": f"0B{f['id'][:8]}{f['version']:06d}", "content": content,
                                "md5": hashlib.md5(content).hexdigest(),
@@ -432,6 +442,7 @@ class DriveState:
         return f
 
     def update_content(self, f: dict, content: bytes) -> None:
+        """Replace the content: a new version and revision."""
         if f["mimeType"] == FOLDER:
             raise DriveError(400, "invalid", "Folders cannot have content.")
         if f["mimeType"] in NATIVE_TYPES:
@@ -447,6 +458,7 @@ class DriveState:
             self.new_revision(f, content)
 
     def update_metadata(self, f: dict, meta: dict, add: str, remove: str, token) -> None:
+        """files.update: name, description, trashed, addParents/removeParents."""
         if "parents" in meta:
             raise DriveError(403, "fieldNotWritable",
                              "The resource body includes fields which are not directly writable.")
@@ -511,6 +523,7 @@ class DriveState:
     # -- exports -------------------------------------------------------------------------------
 
     def export_bytes(self, f: dict, mime: str) -> bytes:
+        """The export of a Workspace file in ``mime`` (400 if unsupported)."""
         formats = NATIVE_TYPES.get(f["mimeType"])
         if formats is None:
             raise DriveError(403, "fileNotExportable", "Export only supports Docs Editors files.")
@@ -680,6 +693,7 @@ def build_app(state: DriveState) -> web.Application:
 
     @web.middleware
     async def middleware(request: web.Request, handler):
+        """Counts, latency, authentication and fault injection around every handler."""
         op = _operation(request)
         request[OP] = op
         state.stats[op] += 1
@@ -773,10 +787,12 @@ def _authorize(state: DriveState, request: web.Request) -> dict:
 
 
 class DriveError401(DriveError):
+    """401 ``authError`` with Drive's ``WWW-Authenticate`` header."""
     def __init__(self):
         super().__init__(401, "authError", "Invalid Credentials", None)
 
     def response(self) -> web.Response:
+        """The HTTP response for this error."""
         body = {"error": {"errors": [{"domain": "global", "reason": "authError",
                                       "message": "Invalid Credentials", "locationType": "header",
                                       "location": "Authorization"}],
@@ -792,6 +808,7 @@ class _Handlers:
     # -- files ---------------------------------------------------------------------------------
 
     async def generate_ids(self, request):
+        """files.generateIds."""
         try:
             count = int(request.query.get("count", "10"))
         except ValueError:
@@ -804,12 +821,14 @@ class _Handlers:
         return web.json_response(apply_fields(body, _fields(request, "generatedIds")))
 
     async def empty_trash(self, request):
+        """files.emptyTrash."""
         for f in [f for f in self.s.files.values() if f["trashed"] and f["id"] in self.s.files]:
             if f["id"] in self.s.files:
                 self.s.delete(f)
         return web.Response(status=204)
 
     async def list_files(self, request):
+        """files.list: ``q``, ``orderBy``, paging (sometimes short), ``fields``."""
         s = self.s
         mask = _fields(request, "fileList")
         q = request.query.get("q", "")
@@ -850,11 +869,13 @@ class _Handlers:
         return web.json_response(body)
 
     async def create_metadata(self, request):
+        """files.create without media (folders, empty files)."""
         meta = _json_body(await request.read())
         f = self.s.create(meta, None, request[TOKEN])
         return web.json_response(_file_json(self.s, f, _fields(request, "file")))
 
     async def get_file(self, request):
+        """files.get, or the content with ``alt=media`` (``Range`` honoured)."""
         s = self.s
         f = s.get(request.match_info["id"], request[TOKEN])
         if request.query.get("alt") == "media":
@@ -868,6 +889,7 @@ class _Handlers:
         return web.json_response(_file_json(s, f, _fields(request, "file")))
 
     async def update_file(self, request):
+        """files.update (metadata)."""
         s = self.s
         f = s.get(request.match_info["id"], request[TOKEN])
         meta = _json_body(await request.read())
@@ -876,11 +898,13 @@ class _Handlers:
         return web.json_response(_file_json(s, f, _fields(request, "file")))
 
     async def delete_file(self, request):
+        """files.delete (permanent)."""
         f = self.s.get(request.match_info["id"], request[TOKEN])
         self.s.delete(f)
         return web.Response(status=204)
 
     async def copy_file(self, request):
+        """files.copy."""
         s = self.s
         src = s.get(request.match_info["id"], request[TOKEN])
         if src["mimeType"] == FOLDER:
@@ -895,6 +919,7 @@ class _Handlers:
         return web.json_response(_file_json(s, f, _fields(request, "file")))
 
     async def export_file(self, request):
+        """files.export."""
         f = self.s.get(request.match_info["id"], request[TOKEN])
         mime = request.query.get("mimeType")
         if not mime:
@@ -915,6 +940,7 @@ class _Handlers:
         raise DriveError(404, "notFound", f"Revision not found: {rid}.", "revisionId")
 
     async def list_revisions(self, request):
+        """revisions.list."""
         f = self.s.get(request.match_info["id"], request[TOKEN])
         if f["mimeType"] == FOLDER:
             raise DriveError(403, "revisionsNotSupported", "The file does not support revisions.")
@@ -927,6 +953,7 @@ class _Handlers:
         return web.json_response(apply_fields(body, mask))
 
     async def get_revision(self, request):
+        """revisions.get (``alt=media``: content)."""
         f, r = self._revision(request)
         if request.query.get("alt") == "media":
             return _ranged(request, r["content"])
@@ -935,6 +962,7 @@ class _Handlers:
         return web.json_response(apply_fields(self.s.render_revision(r, f), mask))
 
     async def update_revision(self, request):
+        """revisions.update (``keepForever``)."""
         f, r = self._revision(request)
         meta = _json_body(await request.read())
         if "keepForever" in meta:
@@ -944,6 +972,7 @@ class _Handlers:
         return web.json_response(apply_fields(self.s.render_revision(r, f), mask))
 
     async def delete_revision(self, request):
+        """revisions.delete."""
         f, r = self._revision(request)
         if r is f["revisions"][-1]:
             raise DriveError(400, "cannotDeleteOnlyRevision",
@@ -955,6 +984,7 @@ class _Handlers:
     # -- about and changes -------------------------------------------------------------------
 
     async def about(self, request):
+        """about.get (``fields`` required)."""
         if "fields" not in request.query:
             raise DriveError(400, "required",
                              "The 'fields' parameter is required for this method.", "fields")
@@ -969,10 +999,12 @@ class _Handlers:
         return web.json_response(apply_fields(body, _fields(request, "about")))
 
     async def start_page_token(self, request):
+        """changes.getStartPageToken."""
         body = {"kind": "drive#startPageToken", "startPageToken": str(len(self.s.changes) + 1)}
         return web.json_response(body)
 
     async def list_changes(self, request):
+        """changes.list."""
         s = self.s
         token = request.query.get("pageToken")
         if not token:
@@ -1062,6 +1094,7 @@ class _Handlers:
         return web.json_response(_file_json(s, existing, mask), status=200)
 
     async def upload_chunk(self, request):
+        """A resumable chunk or status query (``Content-Range``); 308, 200/201 or 404."""
         s = self.s
         upload_id = request.query.get("upload_id")
         session = s.sessions.get(upload_id or "")
@@ -1127,6 +1160,7 @@ class _Handlers:
         return _resume_incomplete(len(received))
 
     async def cancel_upload(self, request):
+        """Cancel a resumable session (Drive answers 499)."""
         s = self.s
         s.sessions.pop(request.query.get("upload_id", ""), None)
         return web.Response(status=499)
@@ -1173,6 +1207,7 @@ class _Handlers:
     # -- OAuth ---------------------------------------------------------------------------------
 
     async def authorize(self, request):
+        """OAuth authorization endpoint: consents at once and redirects with a code."""
         s = self.s
         q = request.query
         client = s.clients.get(q.get("client_id", ""))
@@ -1220,6 +1255,7 @@ class _Handlers:
         return body
 
     async def token(self, request):
+        """OAuth token endpoint: authorization code (PKCE), refresh token, JWT bearer."""
         s = self.s
         form = await request.post()
 
@@ -1290,6 +1326,7 @@ class _Handlers:
         return web.json_response(self._issue(claims["iss"], scopes, refresh=False))
 
     async def revoke(self, request):
+        """OAuth revocation endpoint."""
         form = await request.post()
         token = form.get("token") or request.query.get("token", "")
         found = self.s.access_tokens.pop(token, None) or self.s.refresh_tokens.pop(token, None)
