@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "encrypt": "benchmarks.encrypt",
     "quota": "benchmarks.quota",
     "mount": "benchmarks.mount",
+    "offline": "benchmarks.offline",
     "drive": "benchmarks.drive",
     "versioning": "benchmarks.versioning",
 }

@@ -852,7 +852,7 @@ class Offline(Layer):
         except SyncFailed:
             raise SyncFailed(f"offline and not cached: {key!r}", key) from None
 
-    def _read_range(self, key: str, start: int, end: int) -> bytes:
+    def _read_range(self, key: str, start: int, end: int, _tries: int = 3) -> bytes:
         """Bytes ``[start, end)`` of ``key`` (clamped), from the cache or fetched by blocks."""
         key, row = self._file_row(key)
         size = row["size"]
@@ -869,9 +869,14 @@ class Offline(Layer):
             except FileNotFoundError:  # evicted by another process between lookup and read
                 blob, row = self._ensure_full(key, self._row(self._journal.db(), key))
                 return self._store.read(blob, start, end)
-        return self._read_blocks(key, row, start, end)
+        return self._read_blocks(key, row, start, end, _tries)
 
-    def _read_blocks(self, key: str, row, start: int, end: int) -> bytes:
+    def _retry_range(self, key: str, start: int, end: int, tries: int) -> bytes:
+        if tries <= 1:
+            raise SyncFailed(f"{key!r} keeps changing while it is fetched", key)
+        return self._read_range(key, start, end, tries - 1)
+
+    def _read_blocks(self, key: str, row, start: int, end: int, _tries: int = 3) -> bytes:
         bs = self.block_size
         first, last = start // bs, (end - 1) // bs
         conn = self._journal.db()
@@ -890,14 +895,18 @@ class Offline(Layer):
                 blob = self._store.sparse(row["size"])
                 with self._journal.tx() as conn:
                     current = self._row(conn, key)
-                    if current is None or current["stamp"] != row["stamp"] or current["dirty"]:
-                        self._store.remove([blob])
-                        return self._read_range(key, start, end)
-                    old = current["blob"]
-                    conn.execute("UPDATE entries SET blob = ?, cached = 'partial', cached_bytes = 0 "
-                                 "WHERE path = ?", (blob, key))
-                    released = self._unreferenced(conn, [old]) if old else []
+                    changed = current is None or current["stamp"] != row["stamp"] or current["dirty"]
+                    released = []
+                    if not changed:
+                        old = current["blob"]
+                        # accessed = now: a fresh, still empty partial file is not "old"
+                        conn.execute("UPDATE entries SET blob = ?, cached = 'partial', cached_bytes = 0, "
+                                     "accessed = ? WHERE path = ?", (blob, time.time(), key))
+                        released = self._unreferenced(conn, [old]) if old else []
                 self._finish(released)
+                if changed:
+                    self._store.remove([blob])
+                    return self._retry_range(key, start, end, _tries)
             runs: list[list[int]] = []
             for i in missing:
                 if runs and runs[-1][-1] == i - 1:
@@ -909,18 +918,24 @@ class Offline(Layer):
                 data = self._remote(self.fs.cat_file, key, start=lo, end=hi, what=key)
                 if len(data) != hi - lo:
                     raise SyncFailed(f"the remote copy of {key!r} changed while reading it", key)
-                self._store.write_at(blob, lo, data)
+                try:
+                    self._store.write_at(blob, lo, data)
+                except FileNotFoundError:  # evicted meanwhile (another process): start over
+                    return self._retry_range(key, start, end, _tries)
                 with self._journal.tx() as conn:
                     current = self._row(conn, key)
-                    if current is None or current["blob"] != blob:
-                        return self._read_range(key, start, end)
-                    conn.executemany("INSERT OR IGNORE INTO blocks VALUES (?, ?)",
-                                     [(blob, i) for i in run])
-                    count = conn.execute("SELECT COUNT(*) FROM blocks WHERE blob = ?", (blob,)).fetchone()[0]
-                    total = -(-row["size"] // bs)
-                    conn.execute("UPDATE entries SET cached = ?, cached_bytes = ?, accessed = ? WHERE path = ?",
-                                 ("full" if count >= total else "partial", min(row["size"], count * bs),
-                                  time.time(), key))
+                    gone = current is None or current["blob"] != blob
+                    if not gone:
+                        conn.executemany("INSERT OR IGNORE INTO blocks VALUES (?, ?)",
+                                         [(blob, i) for i in run])
+                        count = conn.execute("SELECT COUNT(*) FROM blocks WHERE blob = ?",
+                                             (blob,)).fetchone()[0]
+                        total = -(-row["size"] // bs)
+                        conn.execute("UPDATE entries SET cached = ?, cached_bytes = ?, accessed = ? "
+                                     "WHERE path = ?", ("full" if count >= total else "partial",
+                                                        min(row["size"], count * bs), time.time(), key))
+                if gone:
+                    return self._retry_range(key, start, end, _tries)
             self._evict_soon()
         else:
             self._touch_access(row)
