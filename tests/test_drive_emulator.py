@@ -353,3 +353,23 @@ class TestCompressOverDriveConformance(ConformanceSuite):
 
         drive = DriveBackend(**self.emulator.backend_options(root_folder=f"c-{uuid.uuid4().hex[:8]}"))
         return Compress(fs=drive, cache_dir=str(tmp_path / "cache")), "/"
+
+
+class TestDedupOverDriveConformance(ConformanceSuite):
+    """Dedup(Compress(Drive)): packs, indexes and lock objects live in Drive files."""
+
+    own_internal_prefixes = (".aiofs/dedup",)
+
+    @pytest.fixture(autouse=True)
+    def _emulator(self, emu):
+        self.emulator = emu
+
+    def make_fs(self, tmp_path):
+        import uuid
+
+        from aiofs.backends.drive import DriveBackend
+        from aiofs.layers import Compress, Dedup
+
+        drive = DriveBackend(**self.emulator.backend_options(root_folder=f"d-{uuid.uuid4().hex[:8]}"))
+        return Dedup(fs=Compress(fs=drive, cache_dir=str(tmp_path / "compress")),
+                     cache_dir=str(tmp_path / "dedup")), "/"
