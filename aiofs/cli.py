@@ -1121,6 +1121,95 @@ def restore(ctx, path, version, list_only, as_json):
     click.echo(f"{target.display(target.path)}: restored v{v['version_number']} ({_human(v['size'] or 0)})")
 
 
+# -- offline layer: sync and status (issue 7) --------------------------------------------------
+
+
+def _offline_layer(ctx, stack: str):
+    """The Offline layer of a stack, or a clear error naming the stack."""
+    from aiofs.layer import find_layer
+    from aiofs.layers.offline import Offline
+
+    name = stack.split(":", 1)[0] if ":" in stack and not stack.startswith("aiofs://") else stack
+    fs = open_stack(name, ctx.obj)
+    layer = find_layer(fs, Offline)
+    if layer is None:
+        raise InvalidArgument(f"stack {name!r} has no offline layer ({fs!r}); add "
+                              f"{{ type = \"offline\" }} right above its backend in the config file")
+    return name, layer
+
+
+def _ago(when) -> str:
+    if not when:
+        return "-"
+    seconds = max(0.0, time.time() - when)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
+
+
+@cli.command()
+@click.argument("stack", default="default")
+@click.option("--wait", is_flag=True, help="Drain the queue and exit (fails while offline).")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after SECONDS.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def sync(ctx, stack, wait, timeout, as_json):
+    """Upload the offline layer's queued changes (start a drain; --wait drains and exits)."""
+    name, layer = _offline_layer(ctx, stack)
+    if wait:
+        with _working("uploading queued changes"):
+            totals = layer.sync(wait=True, timeout=timeout)
+    else:
+        layer.sync(wait=False)
+        # this process is short-lived: give the drain a moment, then report what is left
+        layer._syncer.wait_progress(1.0)
+        totals = layer.queue_totals()
+    if as_json:
+        _echo_json({"stack": name, "online": layer.online, "queue": totals})
+        return
+    state = "online" if layer.online else "OFFLINE"
+    if totals["count"] == 0:
+        click.echo(f"stack {name} ({state}): everything is uploaded")
+    else:
+        click.echo(f"stack {name} ({state}): {totals['count']} operations queued "
+                   f"({_human(totals['bytes'])}, oldest {_ago(totals['oldest'])}); "
+                   "`aiofs sync --wait` drains them")
+
+
+@cli.command()
+@click.argument("stack", default="default")
+@click.argument("path", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(ctx, stack, path, as_json):
+    """Sync state: online/offline, queue totals, conflicts, and per-file states for PATH."""
+    if path is None and ":" in stack and not stack.startswith("aiofs://"):
+        stack, path = stack.split(":", 1)
+    name, layer = _offline_layer(ctx, stack)
+    report = layer.status(path or None)
+    if as_json:
+        _echo_json({"stack": name, **report})
+        return
+    queue = report["queue"]
+    click.echo(f"stack {name}: {'online' if report['online'] else 'OFFLINE since ' + _ago(report['offline_since'])}; "
+               f"{queue['count']} queued ({_human(queue['bytes'])}, oldest {_ago(queue['oldest'])}); "
+               f"cache {_human(report['cache']['cached_bytes'])} of "
+               f"{_human(report['cache']['max_cache_bytes'])}")
+    for conflict in report["conflicts"]:
+        where = f" -> {conflict['copy']}" if conflict["copy"] else ""
+        click.echo(f"  conflict {conflict['outcome']}: {conflict['path']}{where}")
+    for error in report["errors"]:
+        click.echo(f"  error ({error['attempts']} attempts) {error['kind']} {error['path']}: {error['error']}")
+    if "file" in report:
+        f = report["file"]
+        click.echo(f"{f['state']:>11}  {_human(f['size']):>10}  {f['path']}" + ("  (pinned)" if f["pinned"] else ""))
+    for f in report.get("files", []):
+        click.echo(f"{f['state']:>11}  {_human(f['size']):>10}  {f['path']}" + ("  (pinned)" if f["pinned"] else ""))
+    if report.get("counts"):
+        click.echo("  " + ", ".join(f"{n} {state}" for state, n in sorted(report["counts"].items())))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``aiofs`` command."""
     cli.main(args=argv, prog_name="aiofs")

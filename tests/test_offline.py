@@ -477,3 +477,34 @@ def test_internal_data_of_layers_above_is_synced(tmp_path):
     with internal_access():
         assert disk.cat_file("/.aiofs/state.json") == b"{}"
     fs.close()
+
+
+def test_cli_sync_and_status(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from aiofs.cli import cli
+
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[stacks.off]\n"
+        f'layers = [{{ type = "offline", cache_dir = "{tmp_path / "cache"}", syncer = false }}]\n'
+        f'backend = {{ type = "local", root = "{tmp_path / "remote"}" }}\n')
+    fs = Offline(fs=LocalBackend(str(tmp_path / "remote")), cache_dir=str(tmp_path / "cache"),
+                 syncer=False)
+    fs.pipe_file("/queued.txt", b"waiting")
+    fs.close()
+
+    def run(*args):
+        result = CliRunner().invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    status = json.loads(run("status", "off", "/queued.txt", "--json"))
+    assert status["queue"]["count"] == 1 and status["file"]["state"] == "dirty"
+    assert "stack off (online)" in run("sync", "off")  # a drain was started
+    assert "everything is uploaded" in run("sync", "off", "--wait")
+    assert (tmp_path / "remote" / "queued.txt").read_bytes() == b"waiting"
+    listing = run("status", "off:/")
+    assert "cached" in listing and "/queued.txt" in listing

@@ -1491,6 +1491,9 @@ class Offline(Layer):
         """Start a drain of the queue; with ``wait`` return once it is empty, or raise
         ``SYNC_FAILED`` while offline (or when operations failed for good)."""
         self._touch_activity()
+        if not self._syncer.alive():  # syncer=False, or closed: an explicit sync starts it
+            self._closed = False
+            self._syncer.start()
         self._syncer.kick()
         if not wait:
             return self.queue_totals()
