@@ -1010,14 +1010,21 @@ def versions(ctx, path, as_json):
 @click.argument("b", default="current")
 @click.option("--side-by-side", is_flag=True, help="Two columns instead of a unified diff.")
 @click.option("--width", type=int, default=60, show_default=True, help="Column width.")
+@click.option("--diff-image", type=click.Path(dir_okay=False), default=None,
+              help="Images: write a PNG showing the changed pixels here.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def diff(ctx, path, a, b, side_by_side, width, as_json):
+def diff(ctx, path, a, b, side_by_side, width, diff_image, as_json):
     """Compare two versions of a file (B defaults to the current content)."""
     from aiofs.layers.versioning.compare import side_by_side_text
 
     target, layer = _versioning(ctx, path)
-    result = layer.compare(target.path, _version_arg(a), "current" if b == "current" else _version_arg(b))
+    result = layer.compare(target.path, _version_arg(a), "current" if b == "current" else _version_arg(b),
+                           diff_image=diff_image is not None)
+    png = result["content"].pop("diff_image_png", None)
+    if diff_image is not None and png is not None:
+        with open(diff_image, "wb") as f:
+            f.write(png)
     if as_json:
         _echo_json(result)
         return

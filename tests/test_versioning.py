@@ -380,6 +380,20 @@ def test_compare_images(fs):
     assert content["bounding_box"] == (0, 0, 6, 6)
     diff = Image.open(io.BytesIO(content["diff_image_png"]))
     assert diff.size == (20, 10) and diff.getpixel((5, 5)) == (255, 0, 0)
+    from click.testing import CliRunner
+
+    from aiofs.cli import cli
+    if fs.find_layer(Dedup) is None:  # the CLI on the same store: pixels and a diff image
+        root = fs.find_layer(LocalBackend).root
+        config = os.path.join(os.path.dirname(root), "c.toml")
+        with open(config, "w") as f:
+            f.write(f'[stacks.v]\nlayers = [{{ type = "versioning", lock_dir = "{fs.lock_dir}" }}]\n'
+                    f'backend = {{ type = "local", root = "{root}" }}\n')
+        png_path = os.path.join(os.path.dirname(root), "diff.png")
+        result = CliRunner().invoke(cli, ["--config", config, "diff", "v:/img.png", "1", "2",
+                                          "--diff-image", png_path], catch_exceptions=False)
+        assert result.exit_code == 0 and "pixels changed: 1.00%" in result.output
+        assert Image.open(png_path).getpixel((0, 0)) == (255, 0, 0)
     other = fs.compare("/img.png", 2, "current")["content"]
     assert other["dimensions_changed"] and other["pixels_changed_ratio"] is None
     assert other["b"]["width"] == 30
