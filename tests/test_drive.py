@@ -422,6 +422,18 @@ def test_path_cache_is_refreshed_from_changes(fresh):
     assert fresh.stats["changes.list"] >= 1
 
 
+def test_root_folder_deleted_elsewhere_is_made_again(fresh):
+    fs = backend(fresh, changes_interval=0.0)
+    fs.pipe_file("a.txt", b"a")
+    folder = fresh.find_folder(fs.root_folder)
+    # another client (the web UI) deletes the whole folder
+    fresh.run_in_loop(lambda: fresh.state.delete(fresh.state.files[folder]))
+    assert not fs.exists("a.txt")
+    fs.pipe_file("b.txt", b"b")
+    assert fs.cat_file("b.txt") == b"b"
+    assert fresh.find_folder(fs.root_folder) is not None
+
+
 def test_ls_is_one_listing_per_folder_page(fresh):
     fs = backend(fresh)
     fs.pipe({f"/many/f{i:04d}": b"x" for i in range(300)})

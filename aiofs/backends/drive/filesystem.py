@@ -361,7 +361,7 @@ class DriveBackend(SafeTextWrites, AsyncFileSystem):
                     "GET", f"{self._api}/changes",
                     params={"pageToken": token, "pageSize": "1000", "spaces": "drive",
                             "fields": "nextPageToken,newStartPageToken,changes(fileId,removed,"
-                                      "file(id,parents))"})
+                                      "file(id,parents,trashed))"})
                 body = resp.json()
                 changed.extend(body.get("changes", []))
                 if body.get("nextPageToken"):
@@ -375,6 +375,15 @@ class DriveBackend(SafeTextWrites, AsyncFileSystem):
 
     def _apply_changes(self, changes: list[dict]) -> None:
         ids = {c["fileId"] for c in changes}
+        if self._root is not None and self._root["id"] in ids:
+            gone = any(c["fileId"] == self._root["id"] and
+                       (c.get("removed") or (c.get("file") or {}).get("trashed")) for c in changes)
+            if gone and self.root_folder_id is None:
+                # the root folder was deleted or trashed elsewhere: find (or make) it again
+                self._root = None
+                self._nodes.clear()
+                self._children.clear()
+                return
         parents = {p for c in changes for p in (c.get("file") or {}).get("parents", [])}
         for rel, node in list(self._nodes.items()):
             if rel in self._nodes and node["id"] in ids:
