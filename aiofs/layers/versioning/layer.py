@@ -370,7 +370,7 @@ class Versioning(Layer):
             "name": version_file_name(rel, record["version_number"], timestamp or 0.0),
         }
 
-    def _history(self, rel: str) -> tuple[str, dict[str, dict], dict[int, dict], set[int]]:
+    def _history(self, rel: str) -> tuple[str, set[str], dict[int, dict], set[int]]:
         key = path_key(rel)
         listing = self._listing(key)
         return key, listing, self._records(key, listing), self._pins(listing)
