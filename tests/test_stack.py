@@ -161,9 +161,12 @@ def test_chained_urls_and_protocols_do_not_clobber():
     assert get_filesystem_class("aiofs") is AiofsFileSystem
     assert get_filesystem_class("aiofs-layer") is aiofs.layer.Layer
     assert get_filesystem_class("aiofs-local") is aiofs.backends.local.LocalBackend
-    # fsspec's own table (before entry points) must not already own our names
+    from aiofs.backends.drive import DriveBackend
+    assert get_filesystem_class("aiofs-drive") is DriveBackend
+    # fsspec's own table (before entry points) must not already own our names ("gdrive" is
+    # another package's: ours is "aiofs-drive")
     builtin = {name for name, spec in known_implementations.items() if "aiofs" not in spec["class"]}
-    assert not {"aiofs", "aiofs-layer", "aiofs-local"} & builtin
+    assert not {"aiofs", "aiofs-layer", "aiofs-local", "aiofs-drive"} & builtin
     fsspec.filesystem("memory").pipe("/chain-test/a.txt", b"chained")
     with fsspec.open("aiofs-layer::memory://chain-test/a.txt", "rb") as f:
         assert f.read() == b"chained"

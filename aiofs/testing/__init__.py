@@ -9,6 +9,8 @@
   fsspec filesystem.
 * :class:`~aiofs.testing.faults.FaultInjectingFileSystem`: a layer that fails a seeded
   fraction of calls, or all of them while unplugged.
+* :class:`~aiofs.testing.drive_emulator.DriveEmulator`: an in-memory Google Drive v3 server
+  on 127.0.0.1 (uploads, queries, revisions, OAuth, fault injection).
 
 Names are imported lazily: ``import aiofs.testing`` loads neither pytest nor hypothesis.
 """
@@ -25,6 +27,7 @@ _EXPORTS = {
     "run_stateful": "aiofs.testing.stateful",
     "FaultInjectingFileSystem": "aiofs.testing.faults",
     "CountingFileSystem": "aiofs.testing.counting",
+    "DriveEmulator": "aiofs.testing.drive_emulator",
 }
 
 __all__ = sorted(_EXPORTS)
