@@ -21,7 +21,7 @@ import fsspec
 from fsspec.callbacks import Callback
 
 from aiofs.config import load_config
-from aiofs.errors import AiofsError, BackendUnavailable, InvalidArgument, code_for
+from aiofs.errors import AiofsError, AlreadyExists, BackendUnavailable, InvalidArgument, code_for
 from aiofs.stack import open_stack, split_target
 
 # A transfer shows a progress bar once it has run this long (seconds) on a terminal.
@@ -1075,9 +1075,15 @@ def diff(ctx, path, a, b, side_by_side, width, diff_image, as_json):
 def revert(ctx, path, version, message):
     """Make VERSION the current content (the current content is kept as a version)."""
     target, layer = _versioning(ctx, path)
-    kept = layer.revert(target.path, _version_arg(version), description=message)
-    click.echo(f"{target.display(target.path)}: reverted to {version}"
-               + (f"; previous content kept as v{kept['version_number']}" if kept else ""))
+    wanted = layer.get_version(target.path, _version_arg(version))
+    newest = max((v["version_number"] for v in layer.versions(target.path)), default=0)
+    # copied over the file from the top of the stack, so every layer above sees the write
+    # (a quota counts the bytes); the Versioning layer records it as a revert
+    target.fs.cp_file(layer.version_path(target.path, wanted["version_id"]), target.path,
+                      description=message)
+    kept = [v for v in layer.versions(target.path) if v["version_number"] > newest]
+    click.echo(f"{target.display(target.path)}: reverted to v{wanted['version_number']}"
+               + (f"; previous content kept as v{kept[0]['version_number']}" if kept else ""))
 
 
 @cli.command()
@@ -1124,7 +1130,13 @@ def restore(ctx, path, version, list_only, as_json):
                        f"{target.display(d['path'])}")
         click.echo(f"{len(gone)} deleted file(s) can be restored")
         return
-    v = layer.restore(target.path, None if version is None else _version_arg(version))
+    if target.fs.exists(target.path):
+        raise AlreadyExists(f"{target.display(target.path)} exists: `aiofs revert` it to a version",
+                            target.path)
+    v = layer.get_version(target.path, _version_arg(version)) if version is not None \
+        else layer.versions(target.path)[0]
+    # through the top of the stack, as for revert: layers above see the restored file
+    target.fs.cp_file(layer.version_path(target.path, v["version_id"]), target.path)
     click.echo(f"{target.display(target.path)}: restored v{v['version_number']} ({_human(v['size'] or 0)})")
 
 

@@ -446,6 +446,12 @@ def test_versions_directory_is_virtual_read_only_and_hidden(fs):
         assert info.value.code == "READ_ONLY"
     fs.cp_file(first, "/docs/restored.txt")                                 # copy a version out
     assert fs.cat_file("/docs/restored.txt") == b"draft 1"
+    fs.cp_file(first, "/docs/report.txt", user="ann")       # over its own file: a revert
+    assert fs.cat_file("/docs/report.txt") == b"draft 1"
+    newest = fs.versions("/docs/report.txt")[0]
+    assert newest["change"] == "revert" and newest["changed_by"] == "ann"
+    assert fs.read_version("/docs/report.txt", newest["version_id"]) == b"final"
+    assert fs.version_path("/docs/report.txt", 1) == first
     with pytest.raises(FileNotFoundError):
         fs.ls("/.versions/nothing-here")
     with pytest.raises(FileNotFoundError):
@@ -625,7 +631,8 @@ def test_cli_versions_diff_revert_pin_restore(tmp_path, isolated_storage):
 
     config = tmp_path / "aiofs.toml"
     config.write_text(
-        f'[stacks.v]\nlayers = [{{ type = "versioning", lock_dir = "{tmp_path / "locks"}" }}, '
+        f'[stacks.v]\nlayers = [{{ type = "quota", max_bytes = 1000000, state_dir = "{tmp_path / "q"}" }}, '
+        f'{{ type = "versioning", lock_dir = "{tmp_path / "locks"}" }}, '
         f'{{ type = "dedup", cache_dir = "{tmp_path / "cache"}" }}]\n'
         f'backend = {{ type = "local", root = "{tmp_path / "vstore"}" }}\n')
 
@@ -657,6 +664,11 @@ def test_cli_versions_diff_revert_pin_restore(tmp_path, isolated_storage):
     assert "/a.txt" in run("restore", "v:/", "--list")
     assert "restored v6" in run("restore", "v:/a.txt")
     assert run("cat", "v:/a.txt") == "one\n"
+    # revert and restore went through the top of the stack: the quota above counted them
+    from aiofs.layers import Quota
+    from aiofs.stack import open_stack
+    assert open_stack("v", str(config)).find_layer(Quota).statfs()["used"] == 4
+    assert "ALREADY_EXISTS" in run("restore", "v:/a.txt", code=1)
     assert "v0001 " in run("ls", "v:/.versions/a.txt")
     result = CliRunner().invoke(cli, ["--config", str(config), "revert", "v:/a.txt", "99"])
     assert result.exit_code == 1 and "VERSION_NOT_FOUND" in result.output

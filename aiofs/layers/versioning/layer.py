@@ -598,8 +598,18 @@ class Versioning(Layer):
     def get_version(self, path, version_id) -> dict:
         """The record (as in :meth:`versions`) of one version."""
         rel = self._user_rel(path)
-        _, record, pins = self._resolve(rel, version_id)
+        _, record, pins = self._resolve_or_missing(rel, version_id)
         return self._public(rel, record, record["version_number"] in pins)
+
+    def version_path(self, path, version_id) -> str:
+        """The path of one version in the ``.versions/`` directory.
+
+        Copying it over its own file from the top of a stack (``fs.cp_file(version_path,
+        path)``) is a revert (or, for a deleted file, a restore) that every layer above sees,
+        e.g. a Quota layer counts the restored bytes: the command line does it this way.
+        """
+        record = self.get_version(path, version_id)
+        return self._name(f"{self.versions_dir}/{self._rel(path)}/{record['name']}")
 
     def read_version(self, path, version_id, start: int | None = None,
                      end: int | None = None) -> bytes:
@@ -710,14 +720,15 @@ class Versioning(Layer):
         out.sort(key=lambda d: d["time"] or 0, reverse=True)
         return out
 
-    def restore(self, path, version_id=None) -> dict:
+    def restore(self, path, version_id=None, user: str | None = None,
+                description: str | None = None) -> dict:
         """Bring back a deleted file (its last version, or ``version_id``).
 
         ``ALREADY_EXISTS`` if the file exists (use :meth:`revert`); ``FileNotFoundError`` if
         it has no history. Returns the record of the restored version.
         """
         rel = self._user_rel(path)
-        meta = self._write_meta({})
+        meta = self._write_meta({"user": user, "description": description})
         with self._locked([rel]):
             if self._live(rel) is not None:
                 raise AlreadyExists(f"{rel!r} exists: revert it to a version instead", rel)
@@ -1048,6 +1059,13 @@ class Versioning(Layer):
         sub = self._virtual(path1)
         if sub is not None:  # copy an old version out of .versions/
             key, record = self._virtual_version(path1, sub)
+            if not is_internal(path2) and self._rel(path2) == record["path"]:
+                # over its own file: that is a revert (a restore if the file is gone), so
+                # it gets their records whichever layer above passed the copy down
+                how = self.restore if self._live(record["path"]) is None else self.revert
+                how(record["path"], record["version_number"], user=meta["user"],
+                    description=meta["description"])
+                return None
 
             def commit():
                 with internal_access():
