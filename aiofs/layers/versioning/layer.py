@@ -26,7 +26,9 @@ Contract (DESIGN.md "The layer contract"; format in ``docs/formats/versioning.md
 * **Read-only virtual directory** ``.versions/`` (``versions_dir``) at the stack root:
   ``.versions/<path>/`` lists a file's versions as files ``v0003 2026-11-29 101500.txt``.
   Not listed in the root unless ``show_versions_dir=True``, so ``find``/``du``/recursive
-  copies never see it; writes below it give ``READ_ONLY``.
+  copies never see it; writes below it give ``READ_ONLY``. Copying an entry over its own
+  file is a revert (a restore if the file is gone), so a revert made from the top of a stack
+  passes through every layer above (a quota counts it).
 * A target whose ``open('wb')`` replaces the file at once (no ``atomic_writes``
   capability, e.g. fsspec's memory filesystem) gets a staging object moved into place at
   close, so the old content still exists when the snapshot is taken.
