@@ -122,7 +122,7 @@ def test_stateful_model_over_a_flaky_network(tmp_path):
         return fs, f"/run{next(counter)}"
 
     machine = type("OfflineModel", (RemoteCheckedModel,), {"factory": staticmethod(factory)})
-    examples = int(os.environ.get("AIOFS_STATEFUL_EXAMPLES", "300"))
+    examples = int(os.environ.get("AIOFS_STATEFUL_EXAMPLES", "500"))
     try:
         run_state_machine_as_test(machine, settings=stateful_settings(examples, 10))
     finally:
@@ -508,3 +508,29 @@ def test_cli_sync_and_status(tmp_path):
     assert (tmp_path / "remote" / "queued.txt").read_bytes() == b"waiting"
     listing = run("status", "off:/")
     assert "cached" in listing and "/queued.txt" in listing
+
+
+def test_pickles_and_rebuilds_from_its_arguments(tmp_path):
+    import pickle
+
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, syncer=False)
+    fs.pipe_file("/p.txt", b"pickled")
+    clone = pickle.loads(pickle.dumps(fs))
+    assert clone is not fs and clone.cache_dir == fs.cache_dir
+    assert clone.cat_file("/p.txt") == b"pickled"  # the same journal and store
+    assert repr(clone) == "Offline(FaultInjectingFileSystem(Local('%s')))" % (tmp_path / "remote")
+    clone.close()
+    fs.close()
+
+
+def test_text_writes_are_all_or_nothing(tmp_path):
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0)
+    with pytest.raises(RuntimeError):
+        with fs.open("/t.txt", "w") as f:
+            f.write("half")
+            raise RuntimeError("the writer fails half way")
+    assert not fs.exists("/t.txt") and fs.queue_totals()["count"] == 0
+    with fs.open("/t.txt", "w") as f:
+        f.write("whole")
+    assert fs.cat_file("/t.txt") == b"whole"
+    fs.close()

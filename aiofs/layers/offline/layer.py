@@ -247,7 +247,7 @@ class Offline(Layer):
     ``probe_interval`` (0.5 s), ``heartbeat_interval`` (0.5 s), ``retry_base`` (0.05 s),
     ``retry_cap`` (30 s), ``foreground_retries`` (4), ``max_attempts`` (8, then an operation
     is parked in state ``error``), ``whole_file_limit`` (``"16MiB"``), ``block_size``
-    (``"1MiB"``), ``quota_wait`` (30 s), ``batch_files`` (128), ``batch_bytes`` (``"256MiB"``),
+    (``"1MiB"``), ``quota_wait`` (30 s), ``batch_files`` (512), ``batch_bytes`` (``"1GiB"``),
     ``fsync`` (True), ``syncer`` (True: run the background syncer), ``host`` (for conflicted
     copy names; default the host name).
     """
@@ -273,8 +273,8 @@ class Offline(Layer):
         whole_file_limit: int | str = "16MiB",
         block_size: int | str = "1MiB",
         quota_wait: float = 30.0,
-        batch_files: int = 128,
-        batch_bytes: int | str = "256MiB",
+        batch_files: int = 512,
+        batch_bytes: int | str = "1GiB",
         fsync: bool = True,
         syncer: bool = True,
         host: str | None = None,

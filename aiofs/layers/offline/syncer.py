@@ -51,6 +51,7 @@ class Syncer:
         self.holding = False
         self._next_probe = 0.0
         self._next_maintenance = 0.0
+        self._recent_listing = None  # (monotonic time, parents, {path: entry}) after a bulk put
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -131,7 +132,9 @@ class Syncer:
         """At lock time: operations a dead syncer left 'uploading' are queued again, and
         data files nothing references (a writer killed before its commit) are swept."""
         with layer._journal.tx() as conn:
-            conn.execute("UPDATE ops SET state = 'queued' WHERE state = 'uploading'")
+            # attempts + 1: the retry first checks whether the remote already has the bytes
+            conn.execute("UPDATE ops SET state = 'queued', attempts = attempts + 1 "
+                         "WHERE state = 'uploading'")
         with contextlib.suppress(Exception):
             conn = layer._journal.db()
             referenced = {r[0] for r in conn.execute(
@@ -183,6 +186,7 @@ class Syncer:
                 if len(batch) > 1:
                     self._puts(layer, batch)
                 else:
+                    self._recent_listing = None
                     self._one(layer, head)
         except Exception as exc:
             self._failed(layer, batch, exc)
@@ -295,10 +299,15 @@ class Syncer:
             return remote is not None
         return remote is not None and stamp_of(remote) != base
 
-    def _put(self, layer, op, remote=...) -> None:
+    def _put(self, layer, op, remote=..., retry: bool = False) -> None:
         key = op["path"]
+        retry = retry or op["attempts"] > 0
         if remote is ...:
-            remote = self._info(layer, key) if CONCRETE(op["base"]) else None
+            remote = self._info(layer, key) if CONCRETE(op["base"]) or retry else None
+        if retry and self._same_content(layer, key, remote, op):
+            # an earlier attempt landed before it failed (lost response, crash): never twice
+            self._done(layer, op, stamp_of(remote))
+            return
         if self._changed(op, remote):
             if self._same_content(layer, key, remote, op):
                 self._done(layer, op, stamp_of(remote))  # our own earlier, interrupted upload
@@ -330,7 +339,16 @@ class Syncer:
 
         self._mark_uploading(layer, batch)
         parents = sorted({layer._parent(op["path"]) for op in batch})
-        remote = self._listings(layer, parents) if any(CONCRETE(op["base"]) for op in batch) else {}
+        remote = {}
+        if any(CONCRETE(op["base"]) for op in batch):
+            # the listing taken right after the previous batch (same directories, seconds
+            # ago) doubles as this batch's check: one LIST per directory per batch, not two
+            recent = self._recent_listing
+            if recent is not None and recent[1] == parents and time.monotonic() - recent[0] < 5.0:
+                remote = recent[2]
+            else:
+                remote = self._listings(layer, parents)
+        self._recent_listing = None
         clear, special = [], []
         for op in batch:
             (special if self._changed(op, remote.get(op["path"])) else clear).append(op)
@@ -344,13 +362,14 @@ class Syncer:
                 # some may have landed: finish one by one (a landed one is recognised as ours)
                 for op in clear:
                     try:
-                        self._put(layer, op)
+                        self._put(layer, op, retry=True)
                     except Exception as one:
                         self._failed(layer, [op], one)
                         if is_connection_error(one):
                             break
                 return
             after = self._listings(layer, parents)
+            self._recent_listing = (time.monotonic(), parents, after)
             self._done_many(layer, [(op, stamp_of(after[op["path"]]) if op["path"] in after else None)
                                     for op in clear])
         for op in special:
