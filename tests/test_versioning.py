@@ -753,3 +753,18 @@ def test_stats_for_the_overview(tmp_path, isolated_storage):
     assert stats["files_with_versions"] == 2 and stats["versions"] == 3 and stats["pinned"] == 1
     assert stats["version_bytes"] == 20_001 and stats["deleted_markers"] == 1
     assert overview(fs)["layers"]["versioning"]["versions"] == 3
+
+
+def test_text_diff_folds_unchanged_lines_and_matches_diff_u():
+    import difflib
+
+    from aiofs.layers.versioning.compare import side_by_side_text, text_diff
+
+    old = [f"line {i}" for i in range(40)]
+    new = old[:10] + ["inserted"] + old[10:30] + old[31:]
+    result = text_diff("\n".join(old), "\n".join(new))
+    assert result["unified"] == "\n".join(difflib.unified_diff(old, new, "a", "b", lineterm=""))
+    tags = [r["tag"] for r in result["side_by_side"]]
+    assert tags.count("skip") == 3 and "insert" in tags and "delete" in tags
+    assert result["side_by_side"][0] == {"tag": "skip", "lines": 7, "left_no": 1, "right_no": 1}
+    assert "unchanged lines" in side_by_side_text(result["side_by_side"])

@@ -7,8 +7,11 @@
   with old and new values; lists of objects that carry an ``id`` (or ``name``) are matched by
   it, so a canvas whose layers were reordered or edited reports which layers were added,
   removed or changed (``layers``). A unified text diff of the pretty-printed JSON follows.
-* ``text`` (UTF-8 without NUL bytes: text and code): a unified diff and a side-by-side table
-  of rows ``{"tag", "left_no", "left", "right_no", "right"}``, plus line counts.
+* ``text`` (UTF-8 without NUL bytes: text and code): a unified diff (as ``diff -u``) and a
+  side-by-side table of rows ``{"tag", "left_no", "left", "right_no", "right"}`` around the
+  changes (unchanged stretches fold into ``{"tag": "skip", "lines"}`` rows), plus line
+  counts. Texts over ``max_text_bytes`` (1 MiB) get the byte ranges instead: a line diff
+  of a larger file takes seconds.
 * ``image`` (Pillow, ``pip install aiofs[images]``): format, dimensions and mode of both,
   the share of pixels that changed (same dimensions) and, with ``diff_image=True``, a PNG
   that shows the changed pixels in red over a faded copy of the newer image.
@@ -27,6 +30,7 @@ from typing import Any
 MAX_RANGES = 200
 MAX_DIFF_LINES = 20000
 MAX_JSON_CHANGES = 500
+MAX_JSON_TEXT = 512 << 10  # pretty-printed JSON larger than this gets no line diff
 RANGE_BLOCK = 4096
 TEXT_EXTENSIONS = {
     ".txt", ".md", ".rst", ".csv", ".tsv", ".log", ".py", ".js", ".ts", ".tsx", ".jsx", ".css",
@@ -82,7 +86,7 @@ def _as_text(data: bytes) -> str | None:
 
 
 def compare_contents(name: str, a: bytes, b: bytes, diff_image: bool = False,
-                     max_text_bytes: int = 4 << 20) -> dict[str, Any]:
+                     max_text_bytes: int = 1 << 20) -> dict[str, Any]:
     """The content diff of two versions of ``name`` (module doc)."""
     kind_a, kind_b = kind_of(name, a), kind_of(name, b)
     kind = kind_a if kind_a == kind_b else ("text" if {kind_a, kind_b} == {"json", "text"} else "binary")
@@ -102,34 +106,66 @@ def compare_contents(name: str, a: bytes, b: bytes, diff_image: bool = False,
 # -- text ----------------------------------------------------------------------------------------
 
 
+def _unified_range(start: int, stop: int) -> str:
+    """A hunk range as ``diff -u`` writes it (difflib's private helper, same rules)."""
+    beginning, length = start + 1, stop - start
+    if length == 1:
+        return str(beginning)
+    if not length:
+        beginning -= 1
+    return f"{beginning},{length}"
+
+
 def text_diff(a: str, b: str, context: int = 3) -> dict[str, Any]:
-    """Unified diff, side-by-side rows and line counts of two texts."""
+    """Unified diff, side-by-side rows and line counts of two texts (one line matcher).
+
+    Side-by-side rows cover the changes and ``context`` lines around them; the unchanged
+    stretches between are one ``{"tag": "skip", "lines": N}`` row each (as a UI folds them).
+    """
     left, right = a.splitlines(), b.splitlines()
-    unified = list(difflib.unified_diff(left, right, "a", "b", lineterm="", n=context))
     matcher = difflib.SequenceMatcher(None, left, right, autojunk=False)
-    rows: list[dict[str, Any]] = []
     added = removed = 0
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "insert":
+        if tag in ("insert", "replace"):
             added += j2 - j1
-        elif tag == "delete":
+        if tag in ("delete", "replace"):
             removed += i2 - i1
-        elif tag == "replace":
-            added += j2 - j1
-            removed += i2 - i1
-        for k in range(max(i2 - i1, j2 - j1)):
-            if len(rows) >= MAX_DIFF_LINES:
-                break
-            li, rj = i1 + k, j1 + k
-            rows.append({
-                "tag": tag,
-                "left_no": li + 1 if li < i2 else None, "left": left[li] if li < i2 else None,
-                "right_no": rj + 1 if rj < j2 else None, "right": right[rj] if rj < j2 else None,
-            })
-    return {"type": "text", "unified": "\n".join(unified[:MAX_DIFF_LINES]), "side_by_side": rows,
-            "lines_added": added, "lines_removed": removed,
+    unified: list[str] = []
+    rows: list[dict[str, Any]] = []
+    previous_end = (0, 0)
+    for group in matcher.get_grouped_opcodes(context):
+        if len(unified) >= MAX_DIFF_LINES:
+            break
+        if not unified:
+            unified += ["--- a", "+++ b"]
+        first, last = group[0], group[-1]
+        unified.append(f"@@ -{_unified_range(first[1], last[2])} "
+                       f"+{_unified_range(first[3], last[4])} @@")
+        if first[1] > previous_end[0]:
+            rows.append({"tag": "skip", "lines": first[1] - previous_end[0],
+                         "left_no": previous_end[0] + 1, "right_no": previous_end[1] + 1})
+        for tag, i1, i2, j1, j2 in group:
+            if tag == "equal":
+                unified += [" " + line for line in left[i1:i2]]
+            else:
+                unified += ["-" + line for line in left[i1:i2]]
+                unified += ["+" + line for line in right[j1:j2]]
+            for k in range(max(i2 - i1, j2 - j1)):
+                li, rj = i1 + k, j1 + k
+                rows.append({
+                    "tag": tag,
+                    "left_no": li + 1 if li < i2 else None, "left": left[li] if li < i2 else None,
+                    "right_no": rj + 1 if rj < j2 else None, "right": right[rj] if rj < j2 else None,
+                })
+        previous_end = (last[2], last[4])
+    if unified and previous_end[0] < len(left):
+        rows.append({"tag": "skip", "lines": len(left) - previous_end[0],
+                     "left_no": previous_end[0] + 1, "right_no": previous_end[1] + 1})
+    truncated = len(unified) > MAX_DIFF_LINES or len(rows) > MAX_DIFF_LINES
+    return {"type": "text", "unified": "\n".join(unified[:MAX_DIFF_LINES]),
+            "side_by_side": rows[:MAX_DIFF_LINES], "lines_added": added, "lines_removed": removed,
             "lines": {"a": len(left), "b": len(right)}, "identical": a == b,
-            "truncated": len(unified) > MAX_DIFF_LINES or len(rows) >= MAX_DIFF_LINES}
+            "truncated": truncated}
 
 
 def side_by_side_text(rows: list[dict], width: int = 60) -> str:
@@ -137,6 +173,9 @@ def side_by_side_text(rows: list[dict], width: int = 60) -> str:
     marks = {"equal": " ", "replace": "|", "insert": ">", "delete": "<"}
     lines = []
     for row in rows:
+        if row["tag"] == "skip":
+            lines.append(f"{'... ' + str(row['lines']) + ' unchanged lines ...':^{2 * width + 3}}")
+            continue
         left = (row["left"] or "")[:width]
         right = (row["right"] or "")[:width]
         lines.append(f"{left:<{width}} {marks[row['tag']]} {right}")
@@ -208,8 +247,13 @@ def json_diff(a: bytes, b: bytes) -> dict[str, Any]:
     out: dict[str, list] = {"added": [], "removed": [], "changed": []}
     lists: dict[str, dict] = {}
     _walk(left, right, "", out, lists)
-    pretty = text_diff(json.dumps(left, indent=2, sort_keys=True),
-                       json.dumps(right, indent=2, sort_keys=True))
+    pretty_a = json.dumps(left, indent=2, sort_keys=True)
+    pretty_b = json.dumps(right, indent=2, sort_keys=True)
+    if max(len(pretty_a), len(pretty_b)) <= MAX_JSON_TEXT:
+        pretty = text_diff(pretty_a, pretty_b)
+    else:  # the structure says what changed; a line diff of a huge document adds little
+        pretty = {"unified": None, "side_by_side": None, "lines_added": None,
+                  "lines_removed": None}
     layers = None
     for path, summary in lists.items():
         if path.rsplit("/", 1)[-1] == "layers":

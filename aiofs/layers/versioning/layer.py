@@ -755,7 +755,7 @@ class Versioning(Layer):
         return self._public(rel, record, record["version_number"] in pins)
 
     def compare(self, path, a, b="current", diff_image: bool = False,
-                max_text_bytes: int = 4 << 20) -> dict:
+                max_text_bytes: int = 1 << 20) -> dict:
         """Differences between two versions (``"current"`` names the live content).
 
         ``{"path", "a", "b", "differences": {"size_change_bytes", "time_between_seconds",
