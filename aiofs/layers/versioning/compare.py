@@ -247,9 +247,11 @@ def json_diff(a: bytes, b: bytes) -> dict[str, Any]:
     out: dict[str, list] = {"added": [], "removed": [], "changed": []}
     lists: dict[str, dict] = {}
     _walk(left, right, "", out, lists)
-    pretty_a = json.dumps(left, indent=2, sort_keys=True)
-    pretty_b = json.dumps(right, indent=2, sort_keys=True)
-    if max(len(pretty_a), len(pretty_b)) <= MAX_JSON_TEXT:
+    pretty_a = pretty_b = ""
+    if max(len(a), len(b)) <= MAX_JSON_TEXT:  # (pretty text is never shorter than compact)
+        pretty_a = json.dumps(left, indent=2, sort_keys=True)
+        pretty_b = json.dumps(right, indent=2, sort_keys=True)
+    if pretty_a and max(len(pretty_a), len(pretty_b)) <= MAX_JSON_TEXT:
         pretty = text_diff(pretty_a, pretty_b)
     else:  # the structure says what changed; a line diff of a huge document adds little
         pretty = {"unified": None, "side_by_side": None, "lines_added": None,
