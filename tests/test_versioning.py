@@ -173,6 +173,9 @@ def test_a_file_written_once_has_no_versions_and_unknown_paths_raise(fs):
     assert fs.versions("/once.txt") == []
     with pytest.raises(FileNotFoundError):
         fs.versions("/never.txt")
+    fs.pipe_file("/dir/x", b"x")
+    with pytest.raises(IsADirectoryError):
+        fs.versions("/dir")
 
 
 def test_writes_carry_user_description_and_autosave(fs):

@@ -560,8 +560,12 @@ class Versioning(Layer):
         if hit is not None and hit[0] == listing and hit[1] == rel:
             return [dict(v) for v in hit[2]]
         records, pins = self._records(key, listing), self._pins(listing)
-        if not records and self._live(rel) is None:
-            raise NotFound(f"no such file and no versions of it: {rel!r}", rel)
+        if not records:
+            entry = self._live(rel)
+            if entry is None:
+                raise NotFound(f"no such file and no versions of it: {rel!r}", rel)
+            if entry.get("type") == "directory":
+                raise IsADirectory(f"a directory has no versions (its files do): {rel!r}", rel)
         result = [self._public(rel, records[n], n in pins) for n in sorted(records, reverse=True)]
         with self._cache_lock:
             self._public_cache[key] = (listing, rel, result)
