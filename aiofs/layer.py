@@ -326,6 +326,16 @@ class Layer(SafeTextWrites, ChainedFileSystem):
         """
         return entry
 
+    def unlisted_names(self) -> frozenset[str]:
+        """Names at the stack root that open by path but are not listed (``.versions``).
+
+        A capability for callers that cache listings (the mount): a name missing from a
+        cached root listing is absent unless it is one of these. Layers that add such a
+        name extend what the layer below reports.
+        """
+        below = getattr(self.fs, "unlisted_names", None)
+        return below() if callable(below) else frozenset()
+
     # -- listing and metadata ------------------------------------------------------------
 
     def ls(self, path, detail=True, **kwargs):

@@ -311,3 +311,22 @@ def test_an_unlinked_file_keeps_its_content_across_close_of_a_dup(vfs):
     assert vfs.read(fh, 10, 0) == data[:5] + b"x" + data[6:10]
     vfs.release(fh)
     assert not vfs.fs.exists("/tmpfile")
+
+
+def test_unlisted_root_names_stay_reachable_after_a_cached_listing(tmp_path):
+    """``.versions`` is left out of root listings but opens by path, cached listing or not."""
+    from aiofs.layers import Versioning
+
+    stack = Versioning(fs=LocalBackend(str(tmp_path / "store")), lock_dir=str(tmp_path / "locks"))
+    stack.pipe_file("/a.txt", b"one")
+    stack.pipe_file("/a.txt", b"two")
+    vfs = VFS(stack, attr_ttl=60, dir_ttl=60)
+    assert [name for name, _ in vfs.readdir("/")] == ["a.txt"]  # root listing now cached
+    assert vfs.getattr("/.versions")["st_mode"] & 0o170000 == 0o040000
+    (name,) = [n for n, _ in vfs.readdir("/.versions/a.txt")]
+    fh = vfs.open(f"/.versions/a.txt/{name}", os.O_RDONLY)
+    assert vfs.read(fh, 10, 0) == b"one"
+    vfs.release(fh)
+    with pytest.raises(FsError) as missing:  # other names missing from the listing stay absent
+        vfs.getattr("/.nothing")
+    assert missing.value.errno == errno.ENOENT

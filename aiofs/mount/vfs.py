@@ -367,6 +367,10 @@ class VFS:
         self._next_fh = 1
         self._attrs: dict[str, tuple[float, dict | None]] = {}
         self._dirs: dict[str, tuple[float, dict[str, dict]]] = {}
+        # Root names the stack opens by path but leaves out of listings (a capability
+        # method, duck typed: any fsspec filesystem may be mounted)
+        unlisted = getattr(fs, "unlisted_names", None)
+        self._unlisted: frozenset[str] = frozenset(unlisted()) if callable(unlisted) else frozenset()
         # Bumped by every invalidation: a lookup that raced with a change is not cached.
         self._generation = 0
         self._memory_used = 0
@@ -431,7 +435,11 @@ class VFS:
                 return cached[1]
             parent_listing = self._dirs.get(_parent(path))
             if parent_listing and parent_listing[0] > now and path != "/":
-                return parent_listing[1].get(posixpath.basename(path))
+                name = posixpath.basename(path)
+                found = parent_listing[1].get(name)
+                # a name the stack opens by path but never lists (.versions) is asked for
+                if found is not None or name not in self._unlisted or _parent(path) != "/":
+                    return found
             generation = self._generation
         if path == "/":
             attrs = self._entry_attrs({"type": "directory"})

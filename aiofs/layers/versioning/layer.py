@@ -209,6 +209,11 @@ class Versioning(Layer):
             versions_dir=self.versions_dir, show_versions_dir=self.show_versions_dir,
             user=self.user, lock_dir=self.lock_dir, **self.options))
 
+    def unlisted_names(self) -> frozenset[str]:
+        """The ``.versions`` directory opens by path even where root listings leave it out."""
+        below = super().unlisted_names()
+        return below if self.show_versions_dir else below | {self.versions_dir}
+
     # -- write context ------------------------------------------------------------------------
 
     @contextlib.contextmanager
