@@ -534,3 +534,21 @@ def test_text_writes_are_all_or_nothing(tmp_path):
         f.write("whole")
     assert fs.cat_file("/t.txt") == b"whole"
     fs.close()
+
+
+def test_pinned_folders_stay_available_offline(tmp_path):
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, revalidate_after=0.0)
+    disk.pipe({"/keep/a.txt": b"a", "/keep/sub/b.txt": b"b", "/other.txt": b"o"})
+    assert fs.pin("/keep") == 2
+    disk.pipe_file("/keep/new.txt", b"new")  # appears on the remote later
+    assert fs.refresh_pins() == 1
+    flaky.unplug()
+    assert not fs.probe()
+    assert fs.pins() == ["/keep"]
+    assert {p: fs.cat_file(p) for p in fs.find("/keep")} == {
+        "/keep/a.txt": b"a", "/keep/sub/b.txt": b"b", "/keep/new.txt": b"new"}
+    with pytest.raises(SyncFailed):
+        fs.cat_file("/other.txt")
+    fs.unpin("/keep")
+    assert fs.pins() == []
+    fs.close()

@@ -1443,6 +1443,24 @@ class Offline(Layer):
             self._ensure_full(k, r)
         return len(files)
 
+    def refresh_pins(self) -> int:
+        """Fetch what pinned folders gained since they were pinned (the syncer does this when
+        idle and online). Returns how many files were fetched."""
+        fetched = 0
+        for key in self.pins():
+            try:
+                row = self._lookup(key)
+                if row is None:
+                    continue
+                for name in ([key] if row["type"] == "file" else self.find(key)):
+                    k, r = self._file_row(name)
+                    if self._cached_full(r) is None:
+                        self._ensure_full(k, r)
+                        fetched += 1
+            except (FileNotFoundError, SyncFailed):
+                continue
+        return fetched
+
     def unpin(self, path) -> None:
         """Let ``path`` be evicted again."""
         with self._journal.tx() as conn:
@@ -1500,13 +1518,16 @@ class Offline(Layer):
         deadline = None if timeout is None else time.monotonic() + timeout
         conn = self._journal.db()
         while True:
-            totals = self.queue_totals()
-            if totals["count"] == 0:
+            # one statement: a consistent snapshot of the queue
+            count, size, oldest, active = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created), "
+                "COALESCE(SUM(state != 'error'), 0) FROM ops").fetchone()
+            totals = {"count": count, "bytes": size, "oldest": oldest}
+            if count == 0:
                 return totals
             if not self.online and not self.probe():
                 raise SyncFailed(f"offline: {totals['count']} operations ({totals['bytes']} bytes) "
                                  f"wait for the connection ({self.last_error})")
-            active = conn.execute("SELECT COUNT(*) FROM ops WHERE state != 'error'").fetchone()[0]
             if active == 0:
                 errors = [dict(r) for r in conn.execute(
                     "SELECT seq, kind, path, error FROM ops WHERE state = 'error' LIMIT 5")]

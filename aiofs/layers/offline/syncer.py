@@ -163,6 +163,8 @@ class Syncer:
                 self._next_maintenance = now + 300
                 with contextlib.suppress(Exception):
                     layer.evict()
+                with contextlib.suppress(Exception):
+                    layer.refresh_pins()
             if now - layer._last_activity < 60 and now >= self._next_probe:
                 # heartbeat while in use: notice a lost connection even when nothing is queued
                 self._next_probe = now + layer.heartbeat_interval
@@ -244,18 +246,26 @@ class Syncer:
             raise
         return stamp_of(entry) if entry else None
 
-    def _mark_uploading(self, layer, batch) -> None:
+    def _mark_uploading(self, layer, batch) -> list:
+        """Claim uploads: only ops still queued with the same data become 'uploading' (a
+        write may have coalesced one away since the queue was read); returns those."""
+        claimed = []
         with layer._journal.tx() as conn:
-            conn.executemany("UPDATE ops SET state = 'uploading' WHERE seq = ?",
-                             [(op["seq"],) for op in batch])
+            for op in batch:
+                cursor = conn.execute(
+                    "UPDATE ops SET state = 'uploading' WHERE seq = ? AND blob IS ? AND "
+                    "state IN ('queued', 'error')", (op["seq"], op["blob"]))
+                if cursor.rowcount == 1:
+                    claimed.append(op)
+        return claimed
 
     # -- operations ------------------------------------------------------------------------
 
     def _one(self, layer, op) -> None:
         kind, key = op["kind"], op["path"]
         if kind == "put":
-            self._mark_uploading(layer, [op])
-            self._put(layer, op)
+            if self._mark_uploading(layer, [op]):
+                self._put(layer, op)
         elif kind == "rm":
             self._rm(layer, op)
         elif kind == "rmtree":
@@ -337,7 +347,9 @@ class Syncer:
         """A run of uploads to distinct paths: one stamp check per directory, one bulk put."""
         from aiofs.layers.offline.layer import is_connection_error
 
-        self._mark_uploading(layer, batch)
+        batch = self._mark_uploading(layer, batch)
+        if not batch:
+            return
         parents = sorted({layer._parent(op["path"]) for op in batch})
         remote = {}
         if any(CONCRETE(op["base"]) for op in batch):
@@ -551,7 +563,9 @@ class Syncer:
                 if row is not None and not layer._pending_on(conn, target):
                     conn.execute("UPDATE entries SET dirty = 0 WHERE path = ?", (target,))
                 released.append(op["blob"])
-                touched.append(target)
+                # both ends of a move: a listing taken before this completed must not be
+                # merged over it (it would bring back the moved-away source)
+                touched += [p for p in (key, op["path2"]) if p]
             layer._bump(conn, touched)
             released = layer._unreferenced(conn, released)
         layer._finish(released)
