@@ -383,18 +383,26 @@ def test_cli_check_and_gc_on_the_default_stack(isolated_storage):
 
     fs = open_stack("default")
     fs.pipe_file("/notes/a.txt", rand(100_000))
-    fs.rm_file("/notes/a.txt")
+    fs.rm_file("/notes/a.txt")  # the default stack keeps it as a version of a deleted file
     runner = CliRunner()
     result = runner.invoke(cli, ["check", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["ok"] is True
     result = runner.invoke(cli, ["gc", "--safety-window", "0", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["packs_deleted"] == 1
+    assert json.loads(result.output)["packs_deleted"] == 0  # the version still needs its chunks
     packs = isolated_storage / ".aiofs" / "dedup" / "packs"
-    assert list(packs.iterdir()) == []
-    fs.pipe_file("/b.bin", rand(100_000))
-    (pack,) = packs.iterdir()
+    (kept,) = packs.iterdir()
+    # written and deleted below the Versioning layer: nothing refers to its pack any more
+    dedup = fs.find_layer(Dedup)
+    dedup.pipe_file("/scratch.bin", rand(100_000, seed=5))
+    dedup.rm_file("/scratch.bin")
+    result = runner.invoke(cli, ["gc", "--safety-window", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["packs_deleted"] == 1
+    assert list(packs.iterdir()) == [kept]
+    fs.pipe_file("/b.bin", rand(100_000, seed=9))
+    (pack,) = [p for p in packs.iterdir() if p != kept]
     pack.write_bytes(pack.read_bytes()[:-10])  # damaged on disk
     result = runner.invoke(cli, ["check", "--read-data"])
     assert result.exit_code == 1 and "[INTEGRITY_ERROR]" in result.output
