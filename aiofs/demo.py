@@ -48,7 +48,7 @@ def _tour_layers(fs, files: dict[str, bytes], echo: Callable[[str], None]) -> No
     from aiofs.backends import LocalBackend
     from aiofs.errors import FileTooLarge, InvalidFileType
     from aiofs.layer import find_layer, internal_access
-    from aiofs.layers import Compress, Dedup, Quota, Validate
+    from aiofs.layers import Compress, Dedup, Quota, Validate, Versioning
 
     if find_layer(fs, Validate) is not None:
         try:
@@ -92,6 +92,21 @@ def _tour_layers(fs, files: dict[str, bytes], echo: Callable[[str], None]) -> No
             where = "the tour's files"
         echo(f"11. compression: {where} hold {logical:,} bytes, stored as {stored:,} on disk"
              f" (random media kept raw, text compressed); `zstd -d` restores any object")
+    versioning = find_layer(fs, Versioning)
+    if versioning is not None:
+        poster = f"{DEMO_DIR}/canvases/poster.json"
+        canvas = json.loads(files[poster])
+        canvas["layers"].append({"id": "logo", "type": "image", "src": "logo.png"})
+        fs.pipe_file(poster, json.dumps(canvas, indent=2).encode(), description="added the logo")
+        (previous, *_) = versioning.versions(poster)
+        _check(versioning.read_version(poster, previous["version_id"]) == files[poster],
+               "the previous version reads back")
+        added = [a["path"] for a in versioning.compare(poster, previous["version_id"])["content"]["added"]]
+        versioning.revert(poster, previous["version_id"])
+        _check(fs.cat_file(poster) == files[poster], "revert restores the old canvas")
+        echo(f"12. versioning: the poster's edit added {', '.join(added)}; reverted to "
+             f"v{previous['version_number']}, and the edit is kept as a version "
+             f"(`aiofs versions default:/{poster}`, or open .versions/{poster}/ in the mount)")
 
 
 def run_demo(stack: str = "default", config: str | None = None, echo: Callable[[str], None] = print) -> None:
