@@ -427,3 +427,28 @@ def test_streaming_writes_use_bounded_memory(tmp_path):
     with fs.open("/big.bin", "rb") as f:
         f.seek(47 << 20)
         assert f.read(1 << 20) == rand(1 << 20, 47)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_failed_pack_writes_fail_the_file_and_leave_the_store_consistent(tmp_path, seed):
+    """A pack write failing in the writer's thread, or while a full pack closes in the
+    background, fails the file's close: nothing names the lost pack, the file is absent."""
+    from aiofs.testing.faults import FaultInjectingFileSystem
+
+    faults = FaultInjectingFileSystem(fs=LocalBackend(str(tmp_path / "store"), fsync=False),
+                                      failure_rate=0.0, seed=seed, operations=["write"])
+    fs = Dedup(fs=faults, cache_dir=str(tmp_path / "cache"), **SMALL)
+    fs.pipe_file("/before.bin", rand(50_000, seed=99))  # a healthy store to begin with
+    faults.failure_rate = 0.05
+    data = rand(2_000_000, seed=seed)  # ~8 packs of 256 KiB: several background closes
+    with pytest.raises((ConnectionError, TimeoutError)):
+        with fs.open("/big.bin", "wb") as f:
+            for start in range(0, len(data), 64 << 10):
+                f.write(data[start:start + (64 << 10)])
+    faults.failure_rate = 0.0
+    assert not fs.exists("/big.bin")
+    assert fs.cat_file("/before.bin") == rand(50_000, seed=99)
+    report = fs.check(read_data=True)
+    assert report["ok"], report["problems"]
+    fs.pipe_file("/big.bin", data)  # and the store takes the same file once the target heals
+    assert fs.cat_file("/big.bin") == data

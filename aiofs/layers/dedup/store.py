@@ -258,7 +258,11 @@ class PackWriter:
 
     ``bulk=True`` builds packs in memory and writes them with one ``pipe`` call at
     :meth:`finish` (for bulk writes); otherwise each pack streams to a target file opened
-    ``"wb"`` (bounded memory). :meth:`finish` returns the sealed packs' chunk lists.
+    ``"wb"`` (bounded memory). A full streaming pack is closed (made durable) in a
+    background thread while the next one fills, so its fsync overlaps the chunking and
+    compression of what follows; at most one pack closes at a time. :meth:`finish` waits
+    for every close and returns the sealed packs' chunk lists: only then may an index
+    name them.
     """
 
     def __init__(self, store: ChunkStore, bulk: bool = False):
@@ -272,6 +276,8 @@ class PackWriter:
         self._entries: list[tuple[bytes, int, int]] = []
         self._offset = 0
         self._ids: set[bytes] = set()
+        self._closer: threading.Thread | None = None
+        self._close_error: BaseException | None = None
 
     def __contains__(self, cid: bytes) -> bool:
         return cid in self._ids
@@ -337,17 +343,44 @@ class PackWriter:
             self._blobs[self._name] = b"".join(self._parts)
             self._parts = []
         else:
-            with internal_access():
-                self._file.write(trailer)
-                self._file.close()  # durable (atomic) before any index names it
-            self._file = None
+            self._wait_closed()
+            file, self._file = self._file, None
+            self._closer = threading.Thread(target=self._close_pack, args=(file, trailer),
+                                            name="aiofs-dedup-seal", daemon=True)
+            self._closer.start()
         self.sealed[self._name] = self._entries
         self._name = None
+
+    def _close_pack(self, file, trailer: bytes) -> None:
+        """Write a pack's trailer and close it: durable (atomic) before any index names it."""
+        try:
+            with internal_access():  # a new thread: the context variable starts unset
+                file.write(trailer)
+                file.close()
+        except BaseException as exc:  # re-raised by the writer's next seal or finish
+            self._close_error = exc
+            try:
+                with internal_access():
+                    discard = getattr(file, "discard", None)
+                    if callable(discard):
+                        discard()
+            except Exception:
+                pass
+
+    def _wait_closed(self) -> None:
+        """Wait for the pack closing in the background; raise what its close raised."""
+        if self._closer is not None:
+            self._closer.join()
+            self._closer = None
+        if self._close_error is not None:
+            error, self._close_error = self._close_error, None
+            raise error
 
     def finish(self) -> dict[str, list[tuple[bytes, int, int]]]:
         """Seal the open pack, write bulk packs; the packs written, all durable."""
         if self._name is not None:
             self._seal()
+        self._wait_closed()
         if self._blobs:
             with internal_access():
                 self.store.fs.makedirs(self.store.packs_dir, exist_ok=True)
@@ -361,6 +394,10 @@ class PackWriter:
 
     def abandon(self) -> None:
         """Drop the open pack (sealed ones stay: unreferenced data that ``gc`` removes)."""
+        try:
+            self._wait_closed()
+        except BaseException:
+            pass
         if self._file is not None:
             try:
                 with internal_access():
