@@ -555,3 +555,20 @@ def test_pinned_folders_stay_available_offline(tmp_path):
     fs.unpin("/keep")
     assert fs.pins() == []
     fs.close()
+
+
+def test_bulk_reads_of_uncached_files_are_one_bulk_call(tmp_path):
+    disk = LocalBackend(str(tmp_path / "remote"), fsync=False)
+    counting = CountingFileSystem(fs=disk)
+    fs = Offline(fs=counting, cache_dir=str(tmp_path / "cache"), fsync=False)
+    files = {f"/bulk/{i}.txt": b"%d" % i * (i + 1) for i in range(8)}
+    disk.pipe(files)
+    fs.ls("/bulk")
+    counting.reset()
+    assert fs.cat(sorted(files)) == files
+    assert counting.calls["cat"] == 1 and counting.calls["cat_file"] == 0
+    assert {f["state"] for f in fs.status("/bulk")["files"]} == {"cached"}
+    counting.reset()
+    assert fs.cat(sorted(files)) == files  # now from the cache
+    assert sum(counting.calls.values()) == 0
+    fs.close()

@@ -972,7 +972,52 @@ class Offline(Layer):
         return self._read_range(key, start, end)
 
     def cat(self, path, recursive=False, on_error="raise", **kwargs):
+        if isinstance(path, list) and not recursive and not any(has_glob(p) for p in path) \
+                and self.online:
+            self._prefetch([self._key(p) for p in path])
         return AbstractFileSystem.cat(self, path, recursive=recursive, on_error=on_error, **kwargs)
+
+    def _prefetch(self, keys: list[str]) -> None:
+        """Fetch the uncached small files among ``keys`` with one bulk ``cat`` of the remote
+        (concurrent on async targets) and cache them; anything unusual is left to the
+        per-file path, which raises the right error."""
+        wanted = {}
+        conn = self._journal.db()
+        for key in dict.fromkeys(keys):
+            if is_internal(key) and not internals_visible():
+                continue
+            row = self._row(conn, key)
+            if row is None or row["type"] != "file" or row["dirty"] \
+                    or row["size"] > self.whole_file_limit or self._cached_full(row) is not None \
+                    or not self._fresh(row["validated"], time.time()):
+                continue
+            wanted[key] = row
+        if len(wanted) < 2:
+            return
+        try:
+            fetched = self._remote(self.fs.cat, list(wanted), on_error="return")
+        except Exception:
+            return
+        if not isinstance(fetched, dict):
+            return
+        blobs = {}
+        for name, data in fetched.items():
+            key = self.fs._strip_protocol(name)
+            if key in wanted and isinstance(data, bytes) and len(data) == wanted[key]["size"]:
+                blobs[key] = (self._store.write(data, durable=False), len(data))
+        with self._journal.tx() as conn:
+            released = []
+            for key, (blob, size) in blobs.items():
+                current = self._row(conn, key)
+                if current is None or current["dirty"] or current["stamp"] != wanted[key]["stamp"]:
+                    released.append(blob)
+                    continue
+                conn.execute("UPDATE entries SET blob = ?, cached = 'full', cached_bytes = ?, "
+                             "accessed = ? WHERE path = ?", (blob, size, time.time(), key))
+                released.append(current["blob"])
+            released = self._unreferenced(conn, released)
+        self._finish(released)
+        self._evict_soon()
 
     def get_file(self, rpath, lpath, callback=fsspec.callbacks.DEFAULT_CALLBACK, outfile=None, **kwargs):
         return AbstractFileSystem.get_file(self, rpath, lpath, callback=callback, outfile=outfile,
