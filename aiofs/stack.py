@@ -32,7 +32,6 @@ LAYER_TYPES: dict[str, str] = {
     "dedup": "aiofs.layers.dedup:Dedup",
     "encrypt": "aiofs.layers.encrypt:Encrypt",
     "offline": "aiofs.layers.offline:Offline",
-    "offline": "aiofs.layers.offline:Offline",
     "quota": "aiofs.layers.quota:Quota",
     "validate": "aiofs.layers.validate:Validate",
     "versioning": "aiofs.layers.versioning:Versioning",

@@ -13,7 +13,6 @@ _LAYERS = {
     "Dedup": "aiofs.layers.dedup",
     "Encrypt": "aiofs.layers.encrypt",
     "Offline": "aiofs.layers.offline",
-    "Offline": "aiofs.layers.offline",
     "Quota": "aiofs.layers.quota",
     "Validate": "aiofs.layers.validate",
     "Versioning": "aiofs.layers.versioning",
