@@ -438,7 +438,16 @@ class Layer(SafeTextWrites, ChainedFileSystem):
         for p in (path1 if isinstance(path1, list) else [path1]):
             refuse_internal_write(p)
         refuse_internal_write(path2)
-        return self.fs.mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
+        result = self.fs.mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
+        if recursive and isinstance(path1, str) and not isinstance(self.fs, Layer) \
+                and EMPTY_DIRECTORIES in capabilities_of(self.fs):
+            # A directory moved to a new parent: fsspec's memory filesystem does not make
+            # that parent a directory of its own (only implied by its child, it would vanish
+            # with it, even after a makedirs of the child). A no-op where directories are real.
+            parent = self._parent(path2)
+            if parent and self.fs.isdir(path2):
+                self.fs.makedirs(parent, exist_ok=True)
+        return result
 
     def rm_file(self, path):
         refuse_internal_write(path)
