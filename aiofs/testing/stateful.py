@@ -22,6 +22,7 @@ POSIX disk, an object store and fsspec's memory filesystem.
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Callable
 
@@ -83,6 +84,15 @@ class FilesystemModel(RuleBasedStateMachine):
     """
 
     factory: Factory
+
+    def __init_subclass__(cls, **kwargs):
+        # Hypothesis keys its example database by the machine class's source, and every
+        # machine made from this class finds the same source: one test's failing example
+        # would be replayed (and, passing there, deleted) by every other model test, also
+        # by a concurrent one (pytest-xdist). A key per test instead.
+        super().__init_subclass__(**kwargs)
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").rpartition(" (")[0]
+        cls._hypothesis_internal_add_digest = f"{cls.__module__}.{cls.__qualname__}|{test}".encode()
 
     def __init__(self):
         super().__init__()
