@@ -62,6 +62,20 @@ def memory_root():
     drop_memory_root(root)
 
 
+@pytest.fixture(autouse=True)
+def _private_user_dirs(tmp_path_factory, monkeypatch):
+    """Per-test platformdirs locations (XDG dirs, inherited by subprocesses).
+
+    Compress and Dedup caches, versioning locks, Quota state, usage history, the user config
+    and the default storage live there: never the developer's own, and never shared with
+    another test, a concurrent pytest-xdist worker or another run in the same tree.
+    """
+    base = tmp_path_factory.mktemp("user-dirs")
+    for var, name in (("XDG_CACHE_HOME", "cache"), ("XDG_STATE_HOME", "state"),
+                      ("XDG_DATA_HOME", "data"), ("XDG_CONFIG_HOME", "config")):
+        monkeypatch.setenv(var, str(base / name))
+
+
 @pytest.fixture
 def isolated_storage(tmp_path, monkeypatch):
     """A private default-stack root, no user config file, and no shared stack instances."""
