@@ -532,12 +532,7 @@ class Dedup(Layer):
 
 
 def _offsets(manifest: fmt.Manifest) -> list[int]:
-    offsets, position = [], 0
-    for _, length in manifest.chunks:
-        offsets.append(position)
-        position += length
-    offsets.append(position)
-    return offsets
+    return manifest.offsets  # computed once per manifest (a big file has thousands of chunks)
 
 
 def _chunk_whole(config: fmt.StoreConfig, value: bytes):

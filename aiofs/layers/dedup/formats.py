@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
+import itertools
 import json
 import secrets
 import struct
@@ -170,6 +172,11 @@ class Manifest:
     blake3: str
     chunks: tuple[tuple[bytes, int], ...] = ()
     inline: bytes | None = None
+
+    @functools.cached_property
+    def offsets(self) -> list[int]:
+        """Where each chunk starts in the file, and the file's size last (for bisecting)."""
+        return [0, *itertools.accumulate(length for _, length in self.chunks)]
 
     def encode(self) -> bytes:
         head = f'{{"aiofs":"{MANIFEST_KIND}","version":{MANIFEST_VERSION},"size":{self.size},' \
