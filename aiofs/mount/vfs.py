@@ -371,6 +371,7 @@ class VFS:
         # method, duck typed: any fsspec filesystem may be mounted)
         unlisted = getattr(fs, "unlisted_names", None)
         self._unlisted: frozenset[str] = frozenset(unlisted()) if callable(unlisted) else frozenset()
+        self._passthrough: bool | None = None  # is the stack a pass-through over a local root?
         # Bumped by every invalidation: a lookup that raced with a change is not cached.
         self._generation = 0
         self._memory_used = 0
@@ -676,6 +677,12 @@ class VFS:
         """Accepted and ignored: everything belongs to the mounting user."""
         self.getattr(path)
 
+    def _stored_file(self, path: str) -> str | None:
+        """:meth:`stored_file`, with the walk down the stack done once per mount."""
+        if self._passthrough is None:
+            self._passthrough = self.stored_file("/") is not None
+        return self.stored_file(path) if self._passthrough else None
+
     def stored_file(self, path: str) -> str | None:
         """The local file that *is* the logical file ``path``, or ``None``.
 
@@ -878,7 +885,10 @@ class VFS:
                 handle.buf, handle.buf_start, handle.next_offset = b"", 0, -1
             if handle.reader is None:
                 generation = node.generation
-                handle.reader = self.fs.open(node.path, "rb")
+                stored = self._stored_file(node.path)
+                # a pass-through stack: the stored file is the file, read it without fsspec
+                handle.reader = open(stored, "rb", buffering=0) if stored is not None \
+                    else self.fs.open(node.path, "rb")
                 handle.reader_generation = generation
                 if type(handle.reader) in _PLAIN_FILES:
                     handle.reader_fd = handle.reader.fileno()
