@@ -330,3 +330,28 @@ def test_unlisted_root_names_stay_reachable_after_a_cached_listing(tmp_path):
     with pytest.raises(FsError) as missing:  # other names missing from the listing stay absent
         vfs.getattr("/.nothing")
     assert missing.value.errno == errno.ENOENT
+
+
+def test_sequential_reads_of_a_layered_stack_prefetch_and_stay_exact(tmp_path):
+    """Past the read-ahead window, the next window is fetched in the background; bytes are
+    exact, also when the file changes through the mount between reads."""
+    from aiofs.layers import Compress
+
+    stack = Compress(fs=LocalBackend(str(tmp_path / "store")), cache_dir=str(tmp_path / "cc"))
+    data = os.urandom(1 << 20) + b"text " * (2 << 20)
+    stack.pipe_file("/big", data)
+    vfs = VFS(stack, attr_ttl=60, dir_ttl=60, read_ahead=1 << 20)
+    fh = vfs.open("/big", os.O_RDONLY)
+    step = 128 << 10
+    got = [vfs.read(fh, step, off) for off in range(0, len(data), step)]
+    assert b"".join(got) == data
+    assert vfs._handle(fh).prefetch is not None or vfs._prefetcher is not None  # it did prefetch
+    writer = vfs.open("/big", os.O_RDWR)
+    vfs.write(writer, b"X" * 10, 5 << 20)
+    vfs.flush(writer)
+    vfs.release(writer)
+    changed = data[:5 << 20] + b"X" * 10 + data[(5 << 20) + 10:]
+    again = [vfs.read(fh, step, off) for off in range(0, len(changed), step)]
+    assert b"".join(again) == changed
+    vfs.release(fh)
+    vfs.close()

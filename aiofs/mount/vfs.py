@@ -35,6 +35,7 @@ import tempfile
 import threading
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fsspec.spec import AbstractFileSystem
@@ -334,6 +335,10 @@ class Handle:
         self.buf_start = 0
         self.window = 128 * 1024
         self.next_offset = -1
+        # (offset, future) of the next window, fetched in the background once reads are
+        # sequential at the full read-ahead: the stack decodes it while the kernel takes
+        # this one (layered stacks spend CPU per byte: decompression, hashes)
+        self.prefetch: tuple[int, Any] | None = None
 
 
 class VFS:
@@ -372,6 +377,7 @@ class VFS:
         unlisted = getattr(fs, "unlisted_names", None)
         self._unlisted: frozenset[str] = frozenset(unlisted()) if callable(unlisted) else frozenset()
         self._passthrough: bool | None = None  # is the stack a pass-through over a local root?
+        self._prefetcher: ThreadPoolExecutor | None = None
         # Bumped by every invalidation: a lookup that raced with a change is not cached.
         self._generation = 0
         self._memory_used = 0
@@ -883,6 +889,7 @@ class VFS:
                 handle.old_readers.append(handle.reader)
                 handle.reader = handle.reader_fd = None
                 handle.buf, handle.buf_start, handle.next_offset = b"", 0, -1
+                handle.prefetch = None
             if handle.reader is None:
                 generation = node.generation
                 stored = self._stored_file(node.path)
@@ -898,16 +905,43 @@ class VFS:
             if handle.buf_start <= offset and offset + size <= buf_end:
                 start = offset - handle.buf_start
                 return handle.buf[start:start + size]
-            if offset == handle.next_offset:
+            sequential = offset == handle.next_offset
+            if sequential:
                 handle.window = min(handle.window * 2, self.read_ahead)
             else:
                 handle.window = 128 * 1024
             want = max(size, handle.window)
+            prefetched, handle.prefetch = handle.prefetch, None
+            if sequential and prefetched is not None and prefetched[0] == offset:
+                try:
+                    data = prefetched[1].result()
+                except Exception:  # noqa: BLE001 - the read below reports it, or succeeds
+                    data = b""
+                if data and len(data) >= min(size, self._known_size(node) - offset):
+                    handle.buf, handle.buf_start = data, offset
+                    handle.next_offset = offset + len(data)
+                    self._prefetch_next(handle, node, offset + len(data))
+                    return data[:size]
             handle.reader.seek(offset)
             data = handle.reader.read(want)
             handle.buf, handle.buf_start = data, offset
             handle.next_offset = offset + len(data)
+            if sequential and handle.window >= self.read_ahead and len(data) >= want:
+                self._prefetch_next(handle, node, offset + len(data))
             return data[:size]
+
+    def _known_size(self, node: Node) -> int:
+        attrs = self._lookup(node.path)
+        return int(attrs["st_size"]) if attrs else 0
+
+    def _prefetch_next(self, handle: Handle, node: Node, start: int) -> None:
+        """Fetch ``[start, start + read_ahead)`` of the stack's file in the background."""
+        if self._prefetcher is None:
+            with self._lock:
+                if self._prefetcher is None:
+                    self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="aiofs-mount-prefetch")
+        handle.prefetch = (start, self._prefetcher.submit(
+            self.fs.cat_file, node.path, start, start + self.read_ahead))
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
         self._check_writable()
@@ -1045,4 +1079,7 @@ class VFS:
                 self.release(fh)
             except Exception as exc:  # noqa: BLE001
                 failures.append((str(fh), exc))
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=False, cancel_futures=True)
+            self._prefetcher = None
         return failures
