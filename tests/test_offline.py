@@ -572,3 +572,68 @@ def test_bulk_reads_of_uncached_files_are_one_bulk_call(tmp_path):
     assert fs.cat(sorted(files)) == files  # now from the cache
     assert sum(counting.calls.values()) == 0
     fs.close()
+
+
+# -- moves of files whose data is not cached ----------------------------------------------------
+
+
+def test_moved_uncached_files_stay_readable_before_the_move_lands(tmp_path):
+    """Regression: a clean file whose data was not in the cache (never read, evicted, or
+    replaced by a listing after an upload whose stamp was lost on a flaky link) was moved
+    as metadata only. A moved file became dirty without data ("local data ... is missing
+    from the cache"), a file moved with its directory asked the remote for its new name
+    (NotFound) until the move reached the remote. A move now carries the data."""
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, syncer=False)
+    disk.pipe_file("/a/f", b"f" * 100)
+    disk.pipe_file("/t/x", b"x" * 50)
+    disk.pipe_file("/t/s/y", b"y" * 70)
+    assert fs.find("/") == ["/a/f", "/t/s/y", "/t/x"]
+    fs.cat_file("/a/f")
+    fs.evict(max_bytes=0)  # clean data goes
+    assert fs.status("/a/f")["file"]["state"] == "not cached"
+    fs.mv("/a/f", "/a/g")
+    fs.mv("/t", "/u", recursive=True)
+    # the syncer has not run: the remote still has the old names
+    assert disk.exists("/a/f") and not disk.exists("/a/g") and not disk.exists("/u")
+    assert fs.cat_file("/a/g") == b"f" * 100
+    assert fs.cat_file("/u/x") == b"x" * 50
+    assert fs.cat_file("/u/s/y") == b"y" * 70
+    fs.evict(max_bytes=0)  # moved, not yet uploaded: the data stays
+    assert fs.cat_file("/a/g") == b"f" * 100 and fs.cat_file("/u/s/y") == b"y" * 70
+    fs.sync(wait=True, timeout=30)
+    assert remote_files(disk) == {"a/g": b"f" * 100, "u/x": b"x" * 50, "u/s/y": b"y" * 70}
+    fs.close()
+
+
+def test_moved_uncached_files_offline_fail_cleanly_then_read_after_the_drain(tmp_path):
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, syncer=False)
+    disk.pipe_file("/a/f", b"f" * 100)
+    disk.pipe_file("/t/x", b"x" * 50)
+    assert fs.find("/") == ["/a/f", "/t/x"]
+    flaky.unplug()
+    assert not fs.probe()
+    fs.mv("/a/f", "/a/g")
+    fs.mv("/t", "/u", recursive=True)
+    for path in ("/a/g", "/u/x"):  # never the remote's answer for a name it does not have yet
+        with pytest.raises(SyncFailed):
+            fs.cat_file(path)
+    flaky.plug()
+    fs.sync(wait=True, timeout=30)
+    assert fs.cat_file("/a/g") == b"f" * 100
+    assert fs.cat_file("/u/x") == b"x" * 50
+    fs.close()
+
+
+def test_a_moved_directory_takes_along_subdirectories_never_listed(tmp_path):
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, syncer=False)
+    disk.pipe_file("/t/x", b"x" * 5)
+    disk.pipe_file("/t/s/y", b"y" * 7)
+    disk.pipe_file("/t/s/z/w", b"w" * 9)
+    assert fs.ls("/t", detail=False) == ["/t/s", "/t/x"]  # /t/s itself never listed
+    fs.mv("/t", "/u", recursive=True)
+    assert not disk.exists("/u")
+    assert fs.find("/u") == ["/u/s/y", "/u/s/z/w", "/u/x"]
+    assert fs.cat_file("/u/s/z/w") == b"w" * 9
+    fs.sync(wait=True, timeout=30)
+    assert remote_files(disk) == {"u/x": b"x" * 5, "u/s/y": b"y" * 7, "u/s/z/w": b"w" * 9}
+    fs.close()

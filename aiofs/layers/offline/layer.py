@@ -1392,18 +1392,72 @@ class Offline(Layer):
             if drow is not None:
                 raise FileExistsError(dst)
             self._ensure_listing(src)
-            self._move_tree(src, dst)
+            self._list_tree(src)
+            for _ in range(3):
+                self._cache_for_move(src, tree=True)
+                if self._move_tree(src, dst, strict=self.online):
+                    break
+            else:
+                self._move_tree(src, dst, strict=False)
         else:
             if drow is not None and drow["type"] == "directory":
                 raise IsADirectory(f"is a directory: {dst!r}", dst)
             self._check_writable(dst)
-            self._move_file(src, dst)
+            for _ in range(3):
+                self._cache_for_move(src, tree=False)
+                if self._move_file(src, dst, strict=self.online):
+                    break
+            else:
+                self._move_file(src, dst, strict=False)
         self._syncer.kick()
 
-    def _move_file(self, src: str, dst: str) -> None:
+    def _list_tree(self, src: str) -> None:
+        """Complete the local listings below directory ``src`` (a move takes along only what
+        the local view holds: a subdirectory never listed would arrive empty, as the remote
+        has nothing at the new names until the move lands). Offline: what is known."""
+        conn = self._journal.db()
+        todo = [r["path"] for r in conn.execute(
+            "SELECT path FROM entries WHERE parent = ? AND type = 'directory'", (src,))]
+        while todo:
+            d = todo.pop()
+            with contextlib.suppress(SyncFailed, FileNotFoundError, NotFound):
+                self._ensure_listing(d)
+            todo += [r["path"] for r in conn.execute(
+                "SELECT path FROM entries WHERE parent = ? AND type = 'directory'", (d,))]
+
+    def _uncached_files(self, conn, src: str, tree: bool) -> list:
+        """File rows at (or, for a tree, below) ``src`` whose whole data is not in the store."""
+        if tree:
+            rows = conn.execute("SELECT * FROM entries WHERE type = 'file' AND path LIKE ? ESCAPE '\\'",
+                                (like_prefix(src),)).fetchall()
+        else:
+            rows = [r for r in [self._row(conn, src)] if r is not None and r["type"] == "file"]
+        # a dirty row without its data (moved while offline) has nothing left to fetch
+        return [r for r in rows if self._cached_full(r) is None and not r["dirty"]]
+
+    def _cache_for_move(self, src: str, tree: bool) -> None:
+        """Fetch the data of the files a move is about to carry. Until the move reaches the
+        remote, the remote has nothing at the new names: a moved file whose data is not in
+        the cache could not be read (its row is dirty, or a read would ask the remote for
+        the destination name). Offline nothing can be fetched: see ``_move_file``."""
+        if not self.online:
+            return
+        for row in self._uncached_files(self._journal.db(), src, tree):
+            # gone meanwhile: the move notices; unreachable: the move goes ahead offline
+            with contextlib.suppress(FileNotFoundError, NotFound, SyncFailed):
+                self._ensure_full(row["path"], row)
+
+    def _move_file(self, src: str, dst: str, strict: bool = False) -> bool:
+        """Move the local view of file ``src`` to ``dst`` and queue the move. With ``strict``
+        nothing happens (returns False) unless the data of ``src`` is in the cache (evicted
+        or replaced by a listing since it was fetched: the caller fetches it again)."""
         with self._journal.tx() as conn:
             now = time.time()
             row = self._row(conn, src)
+            if row is None:
+                raise NotFound(f"no such file or directory: {src!r}", src)
+            if strict and self._uncached_files(conn, src, tree=False):
+                return False
             drow = self._row(conn, dst)
             released = [drow["blob"]] if drow is not None else []
             dropped = self._drop_queued_put(conn, src)
@@ -1430,11 +1484,19 @@ class Offline(Layer):
             self._bump(conn, [src, dst])
             released = self._unreferenced(conn, released)
         self._finish(released)
+        return True
 
-    def _move_tree(self, src: str, dst: str) -> None:
+    def _move_tree(self, src: str, dst: str, strict: bool = False) -> bool:
+        """Move the local view of directory ``src`` to ``dst`` and queue the move. With
+        ``strict`` nothing happens (returns False) unless every file below ``src`` has its
+        data in the cache. Moved files become dirty: the remote has nothing at their new
+        names until the move lands (``_done_many`` clears it), so their data must not be
+        evicted, and a read of one not cached (moved offline) must not ask the remote."""
         with self._journal.tx() as conn:
             now = time.time()
             pattern = like_prefix(src)
+            if strict and self._uncached_files(conn, src, tree=True):
+                return False
             rows = conn.execute("SELECT * FROM entries WHERE path = ? OR path LIKE ? ESCAPE '\\'",
                                 (src, pattern)).fetchall()
             dirs = conn.execute("SELECT * FROM dirs WHERE path = ? OR path LIKE ? ESCAPE '\\'",
@@ -1451,6 +1513,8 @@ class Offline(Layer):
                 values["path"] = moved(r["path"])
                 values["parent"] = self._parent(dst) if r["path"] == src else moved(r["parent"])
                 values["validated"] = now
+                if r["type"] == "file":
+                    values["dirty"] = 1  # not on the remote under this name: never evicted
                 columns = ", ".join(values)
                 conn.execute(f"INSERT OR REPLACE INTO entries ({columns}) VALUES "
                              f"({', '.join('?' for _ in values)})", tuple(values.values()))
@@ -1459,6 +1523,7 @@ class Offline(Layer):
                              (moved(d["path"]), d["listed"], d["version"] + 1))
             self._queue(conn, "mvtree", src, dst)
             self._bump(conn, [src, dst])
+        return True
 
     # -- eviction and pins -----------------------------------------------------------------
 

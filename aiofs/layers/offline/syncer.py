@@ -562,6 +562,16 @@ class Syncer:
                         conn.execute("UPDATE entries SET stamp = ? WHERE path = ?", (stamp, target))
                 if row is not None and not layer._pending_on(conn, target):
                     conn.execute("UPDATE entries SET dirty = 0 WHERE path = ?", (target,))
+                if kind == "mvtree":
+                    # the files the move carried were dirty until now (the remote had
+                    # nothing at their new names): now it has them
+                    for moved in conn.execute(
+                            "SELECT path FROM entries WHERE dirty = 1 AND type = 'file' AND "
+                            "path LIKE ? ESCAPE '\\'",
+                            (like_prefix(op["path2"]),)).fetchall():
+                        if not layer._pending_on(conn, moved["path"]):
+                            conn.execute("UPDATE entries SET dirty = 0 WHERE path = ?",
+                                         (moved["path"],))
                 released.append(op["blob"])
                 # both ends of a move: a listing taken before this completed must not be
                 # merged over it (it would bring back the moved-away source)
