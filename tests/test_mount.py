@@ -21,11 +21,11 @@ from aiofs.mount.fuse import find_libfuse3
 
 # Skipped only outside CI (a developer machine without fuse3); in CI (CI=true) a missing fuse3
 # means the set-up command is broken, so the tests run and fail loudly.
-pytestmark = pytest.mark.skipif(
+FUSE_MISSING = "needs /dev/fuse and fuse3 (apt-get install fuse3)" if (
     not os.environ.get("CI")
-    and (not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None or find_libfuse3() is None),
-    reason="needs /dev/fuse and fuse3 (apt-get install fuse3)",
-)
+    and (not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None or find_libfuse3() is None)
+) else ""
+pytestmark = pytest.mark.skipif(bool(FUSE_MISSING), reason=FUSE_MISSING or "fuse3 present")
 
 AIOFS = [sys.executable, "-m", "aiofs.cli"]
 # Extra mount options for every test mount, e.g. AIOFS_TEST_MOUNT_OPTIONS=--writeback-cache

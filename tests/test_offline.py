@@ -275,7 +275,7 @@ def test_offline_detected_and_back_online_by_the_probe(tmp_path):
         if not fs.online:
             break
         fs.info("/x")
-        time.sleep(0.01)
+        time.sleep(0.01)  # poll: the heartbeat thread flips the flag
     assert not fs.online
     fs.pipe_file("/y", b"y")
     flaky.plug()
@@ -393,7 +393,7 @@ def test_conflict_policies(tmp_path, policy, at_path, copies):
     fs.sync(wait=True)
     flaky.unplug()
     fs.pipe_file("/doc.md", b"ours")
-    time.sleep(0.05)
+    time.sleep(0.05)  # so the remote edit's mtime is strictly later (newer-wins compares them)
     disk.pipe_file("/doc.md", b"theirs")  # newer than our edit
     flaky.plug()
     fs.sync(wait=True)

@@ -683,13 +683,9 @@ def test_cli_versions_diff_revert_pin_restore(tmp_path, isolated_storage):
 
 
 def test_old_versions_open_from_a_real_mount(tmp_path):
-    import shutil
-
-    from aiofs.mount.fuse import find_libfuse3
-    if not os.environ.get("CI") and (not os.path.exists("/dev/fuse") or
-                                     shutil.which("fusermount3") is None or find_libfuse3() is None):
-        pytest.skip("needs /dev/fuse and fuse3 (apt-get install fuse3)")
-    from test_mount import Mount
+    from test_mount import FUSE_MISSING, Mount
+    if FUSE_MISSING:  # the mount tests' one rule: never skipped in CI
+        pytest.skip(FUSE_MISSING)
 
     (tmp_path / "config.toml").write_text(
         f'[stacks.versioned]\nlayers = [{{ type = "versioning", lock_dir = "{tmp_path / "locks"}" }}]\n'

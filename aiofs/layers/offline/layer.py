@@ -1054,6 +1054,8 @@ class Offline(Layer):
                 raise StorageQuotaExceeded(
                     f"the offline cache holds {self._queued_bytes(conn)} bytes not yet uploaded; "
                     f"{size} more would pass max_cache_bytes={self.max_cache_bytes}", key)
+            # the syncer (a thread here or another process sharing the cache) shrinks the
+            # queue; only the journal shows it: poll it, bounded by quota_wait above
             time.sleep(0.05)
 
     def _ensure_parents(self, conn, key: str, now: float, bump: bool = True) -> None:

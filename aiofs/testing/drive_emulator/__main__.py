@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import threading
 
 from aiofs.testing.drive_emulator import DriveEmulator
 
@@ -31,10 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         emu.faults.configure(rate=args.fault_rate)
         print(f"Drive v3 emulator at {emu.url}", flush=True)
         print(json.dumps(emu.backend_options(), indent=2), flush=True)
-        deadline = None if args.exit_after is None else time.monotonic() + args.exit_after
-        try:
-            while deadline is None or time.monotonic() < deadline:
-                time.sleep(0.2)
+        try:  # the server runs in its own thread: wait for Ctrl-C or --exit-after
+            threading.Event().wait(args.exit_after)
         except KeyboardInterrupt:
             pass
     return 0
