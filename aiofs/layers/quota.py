@@ -64,6 +64,7 @@ import fsspec
 from fsspec.spec import AbstractFileSystem
 
 from aiofs.errors import ConfigError, FileTooLarge, InvalidArgument, StorageQuotaExceeded
+from aiofs.sqlite_state import ThreadConnections
 from aiofs.layer import (
     ATOMIC_WRITES, INTERNAL_DIR, Layer, describe, has_glob, internal_access, is_internal,
     refuse_internal_write, target_identity,
@@ -259,7 +260,9 @@ class Quota(Layer):
             slug = re.sub(r"[^A-Za-z0-9]+", "-", self.target_id).strip("-")[-40:]
             db_path = str(base / f"{slug}-{digest}.db")
         self.db_path = os.path.abspath(os.path.expanduser(db_path))
-        self._local = threading.local()
+        # fewer, larger checkpoints (each one fsyncs the WAL and the database)
+        self._connections = ThreadConnections(self.db_path, synchronous="NORMAL",
+                                              pragmas=("wal_autocheckpoint = 8192",))
         self._callbacks: list[Callable[[dict], None]] = []
         self._lease_lock = threading.RLock()
         self._lease_pid = None
@@ -273,29 +276,11 @@ class Quota(Layer):
     # -- database --------------------------------------------------------------------------
 
     def _db(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
-            conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 60000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            # fewer, larger checkpoints (each one fsyncs the WAL and the database)
-            conn.execute("PRAGMA wal_autocheckpoint = 8192")
-            self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
+        return self._connections.db()
 
-    @contextlib.contextmanager
     def _tx(self):
         """A write transaction (``BEGIN IMMEDIATE``: one writer at a time, across processes)."""
-        conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        return self._connections.tx()
 
     def _init_db(self) -> bool:
         os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
@@ -700,10 +685,7 @@ class Quota(Layer):
         except Exception:  # the reservation stays (and expires): a recount repairs the books
             log.exception("quota: recording a bulk write failed; run a recount")
         finally:
-            conn = getattr(self._local, "conn", None)
-            if conn is not None:
-                conn.close()
-                self._local.conn = None
+            self._connections.close()  # this thread ends here
 
     def _charge(self, items: dict[str, int]):
         """Check and record writes of known size; returns a token for :meth:`_refund`."""

@@ -14,13 +14,12 @@ change. Tables (``docs/formats/offline.md`` has the details):
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
-import threading
 import time
 
 from aiofs.errors import ConfigError
+from aiofs.sqlite_state import ThreadConnections
 
 FORMAT = "aiofs-offline"
 FORMAT_VERSION = 1
@@ -94,44 +93,23 @@ class Journal:
 
     def __init__(self, path: str):
         self.path = path
-        self._local = threading.local()
+        # FULL: a committed journal entry survives power loss, not only a process kill;
+        # acknowledged writes are promised to reach the remote.
+        self._connections = ThreadConnections(path, synchronous="FULL", row_factory=sqlite3.Row)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self._init()
 
     def db(self) -> sqlite3.Connection:
         """This thread's connection (a forked child opens its own)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None,
-                                   check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout = 60000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            # FULL: a committed journal entry survives power loss, not only a process kill;
-            # acknowledged writes are promised to reach the remote.
-            conn.execute("PRAGMA synchronous = FULL")
-            self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
+        return self._connections.db()
 
-    @contextlib.contextmanager
     def tx(self):
         """A write transaction; ``BEGIN IMMEDIATE`` serialises writers across processes."""
-        conn = self.db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        return self._connections.tx()
 
     def close(self) -> None:
         """Close this thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-        self._local = threading.local()
+        self._connections.close()
 
     def _init(self) -> None:
         conn = self.db()
