@@ -22,7 +22,7 @@ from aiofs.layers import Offline
 from aiofs.testing.abstract import FsspecAbstractSuite
 from aiofs.testing.conformance import ConformanceSuite
 from aiofs.testing.counting import CountingFileSystem
-from aiofs.testing.faults import FaultInjectingFileSystem
+from aiofs.testing.faults import ERROR_KINDS, FaultInjectingFileSystem
 from aiofs.testing.stateful import FilesystemModel, stateful_settings
 
 FAILURE_RATE = 0.05
@@ -82,7 +82,7 @@ class DrainBeforeTargetReads:
             for attempt in range(20):
                 try:
                     return real_ls(path, detail=detail, **kwargs)
-                except ConnectionError:
+                except tuple(ERROR_KINDS.values()):  # every kind the flaky target injects
                     continue
             raise AssertionError("the flaky target failed 20 times in a row")
 
