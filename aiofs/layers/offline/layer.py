@@ -77,6 +77,10 @@ GIB = 1 << 30
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 STALE = 1.0  # `dirs.listed` of a complete listing that must be re-checked before use
+# `entries.stamp` of a directory made here only as the parent of a queued write or move: the
+# remote gets it as a side effect of that operation, and not at all if the operation is
+# coalesced away. An explicit makedirs of such a directory queues a mkdir of its own.
+LOCAL_ONLY = "@local"
 ACCESS_GRANULARITY = 60.0  # seconds: a read updates `accessed` at most this often
 _CONNECTION_NAMES = frozenset({
     "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
@@ -522,8 +526,9 @@ class Offline(Layer):
         released = []
         if row is not None and row["type"] == kind and (kind == "directory" or (
                 stamp is not None and row["stamp"] == stamp and row["size"] == size)):
-            conn.execute("UPDATE entries SET validated = ?, mtime = ?, created = ? WHERE path = ?",
-                         (now, mtime, created, key))
+            # the remote has it: a directory made here is no longer LOCAL_ONLY
+            conn.execute("UPDATE entries SET validated = ?, mtime = ?, created = ?, stamp = ? "
+                         "WHERE path = ?", (now, mtime, created, stamp, key))
             return released
         if row is not None:
             if row["type"] == "directory" and kind == "file":
@@ -619,7 +624,7 @@ class Offline(Layer):
             released = []
             if self._dir_version(conn, self._parent(key)) == version and not self._protected(conn, key):
                 released = self._upsert_remote(conn, key, entry, time.time())
-                self._ensure_parents(conn, key, time.time(), bump=False)
+                self._ensure_parents(conn, key, time.time(), bump=False, local=False)
                 released = self._unreferenced(conn, released)
             row = self._row(conn, key)
         self._finish(released)
@@ -710,7 +715,9 @@ class Offline(Layer):
             conn.execute("INSERT INTO dirs (path, listed) VALUES (?, ?) ON CONFLICT(path) "
                          "DO UPDATE SET listed = excluded.listed", (key, now))
             if not self._is_root(key):
-                conn.execute("UPDATE entries SET validated = ? WHERE path = ?", (now, key))
+                # listed by the remote: it exists there (no longer LOCAL_ONLY)
+                conn.execute("UPDATE entries SET validated = ?, stamp = NULL WHERE path = ?",
+                             (now, key))
             released = self._unreferenced(conn, released)
         self._finish(released)
 
@@ -745,10 +752,27 @@ class Offline(Layer):
         return self._entry(row)
 
     def find(self, path, maxdepth=None, withdirs=False, detail=False, **kwargs):
+        # fsspec's find asks isdir(path) and then info(path): two lookups, between which a
+        # revalidation may learn the directory is gone. One lookup decides here.
         if is_internal(path) and not internals_visible():
             return {} if detail else []
-        return AbstractFileSystem.find(self, path, maxdepth=maxdepth, withdirs=withdirs,
-                                       detail=detail, **kwargs)
+        key = self._key(path)
+        try:
+            top = self.info(key)
+        except FileNotFoundError:
+            top = None
+        out = {}
+        if top is not None and top["type"] != "directory":
+            out[top["name"]] = top
+        elif top is not None:
+            if withdirs and not self._is_root(key):
+                out[top["name"]] = top
+            for _, dirs, files in self.walk(key, maxdepth, detail=True, **kwargs):
+                if withdirs:
+                    files.update(dirs)
+                out.update({entry["name"]: entry for entry in files.values()})
+        names = sorted(out)
+        return {name: out[name] for name in names} if detail else names
 
     def created(self, path):
         return datetime.datetime.fromtimestamp(self.info(path)["created"], datetime.timezone.utc)
@@ -1058,8 +1082,10 @@ class Offline(Layer):
             # queue; only the journal shows it: poll it, bounded by quota_wait above
             time.sleep(0.05)
 
-    def _ensure_parents(self, conn, key: str, now: float, bump: bool = True) -> None:
-        """Directory entries for the ancestors of ``key`` the local view lacks."""
+    def _ensure_parents(self, conn, key: str, now: float, bump: bool = True,
+                        local: bool = True) -> None:
+        """Directory entries for the ancestors of ``key`` the local view lacks: ``local`` when
+        made for a local write or move (marked LOCAL_ONLY), else seen on the remote."""
         missing = []
         for a in self._ancestors(key):
             if self._is_root(a):
@@ -1071,8 +1097,9 @@ class Offline(Layer):
         for a in reversed(missing):
             parent = self._parent(a)
             conn.execute(
-                "INSERT OR IGNORE INTO entries (path, parent, type, size, mtime, created, validated) "
-                "VALUES (?, ?, 'directory', 0, ?, ?, ?)", (a, parent, now, now, now))
+                "INSERT OR IGNORE INTO entries (path, parent, type, size, mtime, created, stamp, "
+                "validated) VALUES (?, ?, 'directory', 0, ?, ?, ?, ?)",
+                (a, parent, now, now, LOCAL_ONLY if local else None, now))
             if self._listing_complete(conn, parent):
                 # the parent's complete listing lacked it: it is new, and so empty
                 conn.execute("INSERT INTO dirs (path, listed) VALUES (?, ?) ON CONFLICT(path) "
@@ -1082,9 +1109,11 @@ class Offline(Layer):
         """The remote state a new operation on ``key`` is based on (see ``ops.base``)."""
         if self._pending_on(conn, key):
             return "@chain"
-        if row is not None and row["type"] == "file" and row["stamp"]:
-            return row["stamp"]
-        return "absent"
+        if row is None or row["type"] != "file":
+            return "absent"
+        # a file we know of whose remote stamp is unknown (not read after an upload or a
+        # move, or a remote without stamps): no check, rather than a conflict with ourselves
+        return row["stamp"] or "@any"
 
     def _drop_queued_put(self, conn, key: str):
         """Remove the last queued (not started) upload of ``key`` if nothing after it touches
@@ -1352,6 +1381,7 @@ class Offline(Layer):
             conn.execute("INSERT INTO dirs (path, listed) VALUES (?, ?) ON CONFLICT(path) DO UPDATE "
                          "SET listed = excluded.listed", (key, now))
             self._queue(conn, "mkdir", key)
+            self._clear_local_only(conn, key)
             self._bump(conn, [key])
         self._syncer.kick()
 
@@ -1365,9 +1395,29 @@ class Offline(Layer):
         row = self._lookup_for_write(key)
         if row is not None:
             if row["type"] == "directory" and exist_ok:
+                if row["stamp"] == LOCAL_ONLY:
+                    self._queue_local_only_mkdir(key)
                 return
             raise FileExistsError(key)
         self.mkdir(key, create_parents=True)
+
+    def _queue_local_only_mkdir(self, key: str) -> None:
+        """An explicit makedirs of a directory that exists here only as the parent of queued
+        operations: queue its mkdir, so it stays on the remote when those are coalesced away
+        (a write then moved elsewhere or deleted before it was uploaded)."""
+        with self._journal.tx() as conn:
+            row = self._row(conn, key)
+            if row is None or row["type"] != "directory" or row["stamp"] != LOCAL_ONLY:
+                return
+            self._queue(conn, "mkdir", key)
+            self._clear_local_only(conn, key)
+        self._syncer.kick()
+
+    def _clear_local_only(self, conn, key: str) -> None:
+        """A queued mkdir of ``key`` makes it and its parents on the remote."""
+        conn.executemany("UPDATE entries SET stamp = NULL WHERE path = ? AND stamp = ?",
+                         [(p, LOCAL_ONLY) for p in [key, *self._ancestors(key)]
+                          if not self._is_root(p)])
 
     def mv(self, path1, path2, recursive=False, maxdepth=None, **kwargs):
         if isinstance(path1, list):

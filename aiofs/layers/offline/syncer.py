@@ -235,6 +235,18 @@ class Syncer:
         except FileNotFoundError:
             return None
 
+    def _tree_stamps(self, layer, key: str) -> dict[str, str]:
+        """``{path: stamp}`` of the files below ``key`` on the remote after a tree move (the
+        moved files' stamps may have changed with their names); ``{}`` when unreadable."""
+        with contextlib.suppress(Exception):
+            layer.fs.invalidate_cache(key)
+        try:
+            found = self._call(layer.fs.find, key, detail=True)
+        except Exception:  # best effort: without stamps, the next edit is not checked
+            return {}
+        return {layer.fs._strip_protocol(name): stamp_of(entry) for name, entry in found.items()
+                if entry.get("type") != "directory" and stamp_of(entry)}
+
     def _stamp_after(self, layer, key: str) -> str | None:
         from aiofs.layers.offline.layer import is_connection_error
 
@@ -297,7 +309,7 @@ class Syncer:
         elif kind == "mvtree":
             with contextlib.suppress(FileNotFoundError):
                 self._call(layer.fs.mv, key, op["path2"], recursive=True)
-            self._done(layer, op, None)
+            self._done(layer, op, self._tree_stamps(layer, op["path2"]))
         else:
             raise SyncFailed(f"unknown journal operation {kind!r}", key)
 
@@ -415,7 +427,7 @@ class Syncer:
                              "deleted here, changed on the remote: the remote version stays")
                 if not layer._pending_on(conn, key):
                     released = layer._upsert_remote(conn, key, remote, time.time())
-                    layer._ensure_parents(conn, key, time.time())
+                    layer._ensure_parents(conn, key, time.time(), local=False)
                     layer._bump(conn, [key])
                     layer._unreferenced(conn, released)
             return
@@ -486,7 +498,7 @@ class Syncer:
         with layer._journal.tx() as conn:
             now = time.time()
             conn.execute("DELETE FROM ops WHERE seq = ?", (op["seq"],))
-            layer._ensure_parents(conn, copy, now)
+            layer._ensure_parents(conn, copy, now, local=False)
             conn.execute(
                 "INSERT OR REPLACE INTO entries (path, parent, type, size, mtime, created, stamp, blob, "
                 "cached, cached_bytes, dirty, validated, accessed) VALUES "
@@ -564,14 +576,15 @@ class Syncer:
                     conn.execute("UPDATE entries SET dirty = 0 WHERE path = ?", (target,))
                 if kind == "mvtree":
                     # the files the move carried were dirty until now (the remote had
-                    # nothing at their new names): now it has them
+                    # nothing at their new names): now it has them, under the stamps read
+                    # after the move (``stamp`` is that dict here; unknown: NULL)
                     for moved in conn.execute(
                             "SELECT path FROM entries WHERE dirty = 1 AND type = 'file' AND "
                             "path LIKE ? ESCAPE '\\'",
                             (like_prefix(op["path2"]),)).fetchall():
                         if not layer._pending_on(conn, moved["path"]):
-                            conn.execute("UPDATE entries SET dirty = 0 WHERE path = ?",
-                                         (moved["path"],))
+                            conn.execute("UPDATE entries SET dirty = 0, stamp = ? WHERE path = ?",
+                                         ((stamp or {}).get(moved["path"]), moved["path"]))
                 released.append(op["blob"])
                 # both ends of a move: a listing taken before this completed must not be
                 # merged over it (it would bring back the moved-away source)
