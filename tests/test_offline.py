@@ -641,3 +641,59 @@ def test_a_moved_directory_takes_along_subdirectories_never_listed(tmp_path):
     fs.sync(wait=True, timeout=30)
     assert remote_files(disk) == {"u/x": b"x" * 5, "u/s/y": b"y" * 7, "u/s/z/w": b"w" * 9}
     fs.close()
+
+
+# -- directories made here, and stamps after moves (flaky-network model regressions) ----------
+
+
+def test_an_explicit_makedirs_survives_its_write_being_moved_away(tmp_path):
+    """Regression: a directory made here only as the parent of a queued write, then made
+    explicitly (makedirs, exist_ok) was never queued itself; moving the write away before
+    it was uploaded left the remote without the directory, and the next revalidation
+    dropped it from the local view too ("missing directories")."""
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, syncer=False)
+    fs.pipe_file("/r/d0/d1/f0", b"data")
+    fs.makedirs("/r/d0/d1", exist_ok=True)
+    fs.mv("/r/d0/d1/f0", "/r/d1/f2")
+    fs.sync(wait=True, timeout=30)
+    assert disk.isdir("/r/d0/d1") and disk.ls("/r/d0/d1") == []
+    assert remote_files(disk, "/r") == {"d1/f2": b"data"}
+    fs.invalidate_cache()
+    assert fs.find("/r", withdirs=True) == ["/r", "/r/d0", "/r/d0/d1", "/r/d1", "/r/d1/f2"]
+    fs.close()
+
+
+def test_a_directory_only_implied_by_a_write_moved_away_may_vanish(tmp_path):
+    """The other side of the rule above: without an explicit makedirs nothing is queued
+    for a parent directory (the upload makes it), so nothing is uploaded for nothing."""
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, syncer=False)
+    fs.pipe_file("/r/d0/f0", b"data")
+    fs.mv("/r/d0/f0", "/r/f1")
+    assert fs.queue_totals()["count"] == 1  # one upload, at the new name
+    fs.sync(wait=True, timeout=30)
+    assert not disk.exists("/r/d0")
+    fs.close()
+
+
+def test_an_edit_after_a_tree_move_is_not_a_conflict(tmp_path):
+    """Regression: a file uploaded, then moved with its directory before the upload's stamp
+    was recorded, lost its stamp; the next edit was based on "absent" and became a
+    conflicted copy of itself ("find() diverged"). The tree move now reads the moved
+    files' stamps, and an unknown stamp means "no check", never "absent"."""
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, syncer=False)
+    fs.pipe_file("/r/d1/f2", b"first")
+    fs.mv("/r/d1", "/r/d0/d1", recursive=True)  # queued behind the upload of /r/d1/f2
+    fs.sync(wait=True, timeout=30)
+    assert fs._row(fs._journal.db(), "/r/d0/d1/f2")["stamp"]  # read after the move
+    fs.pipe_file("/r/d0/d1/f2", b"second")
+    fs.sync(wait=True, timeout=30)
+    assert fs.conflicts() == []
+    assert remote_files(disk, "/r") == {"d0/d1/f2": b"second"}
+    # and with the stamp unknown (a lost answer): still no conflict with ourselves
+    with fs._journal.tx() as conn:
+        conn.execute("UPDATE entries SET stamp = NULL WHERE path = '/r/d0/d1/f2'")
+    fs.pipe_file("/r/d0/d1/f2", b"third")
+    fs.sync(wait=True, timeout=30)
+    assert fs.conflicts() == []
+    assert remote_files(disk, "/r") == {"d0/d1/f2": b"third"}
+    fs.close()
