@@ -697,3 +697,16 @@ def test_an_edit_after_a_tree_move_is_not_a_conflict(tmp_path):
     assert fs.conflicts() == []
     assert remote_files(disk, "/r") == {"d0/d1/f2": b"third"}
     fs.close()
+
+
+def test_offline_lookup_of_an_unknown_path_when_the_remote_is_back(tmp_path):
+    """Regression: offline, a lookup of a path never seen tried the remote once and let its
+    "not found" escape, so makedirs of a new directory raised NOT_FOUND instead of making
+    it (the remote was back before the probe noticed)."""
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, syncer=False)
+    fs.set_online(False)
+    fs.makedirs("/r/d0", exist_ok=True)
+    assert fs.online and fs.isdir("/r/d0")
+    fs.sync(wait=True, timeout=30)
+    assert disk.isdir("/r/d0")
+    fs.close()

@@ -389,6 +389,7 @@ class Offline(Layer):
                     result = fn(*args, **kwargs)
             except Exception as exc:
                 if not is_connection_error(exc):
+                    self.set_online(True)  # it answered, if with an error: the network is there
                     raise
                 last = exc
                 if attempt + 1 < attempts:
@@ -599,8 +600,8 @@ class Offline(Layer):
                 return row
         elif self._known_absent(conn, key, now) or self._protected(conn, key):
             return None
-        elif not self.online:
-            self._remote_attempt_offline(key)
+        # ask the remote; offline that is one attempt (it may be back, and "absent" is an
+        # answer too), else SYNC_FAILED naming the path
         version = self._dir_version(conn, self._parent(key))
         self._forget_target_cache(key)
         try:
@@ -637,11 +638,6 @@ class Offline(Layer):
             return self._lookup(key)
         except SyncFailed:
             return None
-
-    def _remote_attempt_offline(self, key: str) -> None:
-        """Offline and nothing known about ``key``: one attempt at the remote (it may be
-        back), else ``SYNC_FAILED`` naming the path."""
-        self._remote(self.fs.info, key, what=key)  # raises SyncFailed when still unreachable
 
     def _listing_complete(self, conn, key: str) -> bool:
         d = self._dir_row(conn, key)
