@@ -21,7 +21,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from aiofs import LocalBackend
 from aiofs.cli import cli
-from aiofs.errors import FileTooLarge, InvalidArgument, StorageQuotaExceeded
+from aiofs.errors import (
+    FileTooLarge, InvalidArgument, IsADirectory, NotADirectory, StorageQuotaExceeded,
+)
 from aiofs.layers import Quota
 from aiofs.layers.quota import STREAM_BUFFER, parse_size
 from aiofs.testing.abstract import FsspecAbstractSuite
@@ -257,6 +259,32 @@ def test_stream_fails_at_the_crossing_write(tmp_path):
     with q.open("fits.bin", "wb") as f:  # the freed reservation is usable again
         f.write(b"z" * (4 << 20))
     assert q.usage()["used"] == 10 << 20
+
+
+def test_small_open_writes_go_down_at_close_with_nothing_left_on_error(tmp_path):
+    """A small file written through open('wb') reaches the target as one pipe_file at close
+    (the target file opens only past the in-memory buffer); the target's refusal (a directory
+    in the way, a parent that is a file) surfaces there and leaves nothing charged."""
+    q = quota_over_local(tmp_path)
+    q.makedirs("d")
+    q.pipe_file("plain", b"p")
+    for bad, error in (("d", IsADirectory), ("plain/child", NotADirectory)):
+        f = q.open(bad, "wb")
+        f.write(b"x" * 10)
+        with pytest.raises(error):
+            f.close()
+    assert q.find("", withdirs=True) == ["/d", "/plain"]
+    assert_consistent(q)
+    with q.open("small", "wb") as f:
+        f.write(b"s" * 100)
+        assert not (tmp_path / "store" / "small").exists()  # nothing before close
+    with q.open("streamed", "wb") as f:
+        f.write(b"b" * (STREAM_BUFFER + 1))  # past the buffer: streamed to the target
+        f.seek(0)
+        f.write(b"B")
+    assert q.cat_file("streamed") == b"B" + b"b" * STREAM_BUFFER
+    assert q.cat_file("small") == b"s" * 100
+    assert_consistent(q)
 
 
 def test_quota_boundary_exactly_full(tmp_path):

@@ -853,11 +853,20 @@ class Quota(Layer):
             return self.fs._open(path, mode=mode, block_size=block_size, autocommit=autocommit,
                                  cache_options=cache_options, **kwargs)
         key = self._key(path)
-        existed = _declared_atomic(self.fs) or self.fs.isfile(path)
+        atomic = _declared_atomic(self.fs)
+        existed = atomic or self.fs.isfile(path)
         initial = self.fs.size(path) if "a" in mode and existed else 0
-        target = self.fs._open(path, mode=mode, block_size=block_size, autocommit=autocommit,
-                               cache_options=cache_options, **kwargs)
-        return QuotaWriter(self, path, key, target, initial=initial, existed=existed)
+
+        def open_target():
+            return self.fs._open(path, mode=mode, block_size=block_size, autocommit=autocommit,
+                                 cache_options=cache_options, **kwargs)
+
+        if mode == "wb" and atomic and autocommit and block_size is None and not kwargs:
+            # An atomic target shows nothing of a write before its close: a file that ends
+            # within the buffer goes down as one pipe_file at close (cheaper than a target
+            # file opened, written and closed); the target file opens only past the buffer.
+            return QuotaWriter(self, path, key, None, initial=0, existed=True, opener=open_target)
+        return QuotaWriter(self, path, key, open_target(), initial=initial, existed=existed)
 
     def pipe_file(self, path, value, mode="overwrite", **kwargs):
         refuse_internal_write(path)
@@ -977,14 +986,19 @@ class QuotaWriter(io.BufferedIOBase):
 
     The first ``STREAM_BUFFER`` bytes stay in memory; a file that ends within them is
     charged in one transaction at ``close`` (before its bytes are handed to the target).
+    Given an ``opener`` instead of a ``target``, the target file is opened only when the
+    buffer is left, and a file that ends within it goes down as one ``pipe_file``: errors
+    of the target (a directory in the way) then surface at ``close``, with nothing stored.
     Past that, space is reserved in growing chunks before bytes go down. A ``write`` that
     would cross ``max_file_size`` or the quota raises before any of its bytes go down, and
     the target file is discarded.
     """
 
-    def __init__(self, quota: Quota, path: str, key: str, target, initial: int, existed: bool):
+    def __init__(self, quota: Quota, path: str, key: str, target, initial: int, existed: bool,
+                 opener: Callable[[], Any] | None = None):
         super().__init__()
         self.quota, self.path, self.key, self.target = quota, path, key, target
+        self._opener = opener
         self.initial = initial  # bytes already in the file (append mode)
         self.existed = existed
         self._pos = 0          # position relative to the start of our writes
@@ -1011,7 +1025,7 @@ class QuotaWriter(io.BufferedIOBase):
 
     def seek(self, offset: int, whence: int = 0) -> int:
         self._unbuffer(self._size)
-        self._pos = self.target.seek(offset, whence) - self.initial
+        self._pos = self._open_target().seek(offset, whence) - self.initial
         return self._pos
 
     def write(self, data) -> int:
@@ -1019,6 +1033,8 @@ class QuotaWriter(io.BufferedIOBase):
             raise ValueError("I/O operation on closed file")
         view = memoryview(data).cast("B")
         n = len(view)
+        if not n:
+            return 0
         new_size = max(self._size, self._pos + n)
         if new_size > self._size:
             try:
@@ -1044,14 +1060,21 @@ class QuotaWriter(io.BufferedIOBase):
 
     # -- reservations ------------------------------------------------------------------------
 
+    def _open_target(self):
+        if self.target is None:
+            self.target = self._opener()
+        return self.target
+
     def _unbuffer(self, need: int) -> None:
         """Leave buffered mode: reserve, then hand the buffered bytes to the target."""
         if self._buffer is None:
             return
         self._grow(max(need, len(self._buffer)))
-        data, self._buffer = self._buffer, None
+        data = self._buffer
+        target = self._open_target()
+        self._buffer = None
         if data:
-            self.target.write(data)
+            target.write(data)
 
     def _grow(self, need: int) -> None:
         q = self.quota
@@ -1107,10 +1130,13 @@ class QuotaWriter(io.BufferedIOBase):
                 self.discard()
                 raise
             try:
-                if self._buffer:
-                    self.target.write(self._buffer)
+                if self.target is None:
+                    q.fs.pipe_file(self.path, bytes(self._buffer))
+                else:
+                    if self._buffer:
+                        self.target.write(self._buffer)
+                    self.target.close()
                 self._buffer = None
-                self.target.close()
             except BaseException:
                 self._done = True
                 q._refund(olds)
@@ -1143,6 +1169,8 @@ class QuotaWriter(io.BufferedIOBase):
         self._done = True
         self._buffer = None
         try:
+            if self.target is None:
+                return  # nothing was handed to the target
             discard = getattr(self.target, "discard", None)
             if discard is not None:
                 discard()
