@@ -710,3 +710,20 @@ def test_offline_lookup_of_an_unknown_path_when_the_remote_is_back(tmp_path):
     fs.sync(wait=True, timeout=30)
     assert disk.isdir("/r/d0")
     fs.close()
+
+
+def test_a_failed_bulk_upload_leaves_no_operation_claimed(tmp_path):
+    """Regression: when a bulk upload failed and the one-by-one retry hit a connection
+    error, the operations after it stayed 'uploading'; the head of the queue could never be
+    claimed again and ``sync(wait=True)`` waited forever."""
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, syncer=False)
+    for i in range(3):
+        fs.pipe_file(f"/r/f{i}", b"x" * i)
+    flaky.operations, flaky.failure_rate = frozenset({"put_file"}), 1.0
+    fs._syncer._step(fs)  # one bulk upload, and its one-by-one retry, both fail
+    states = [r["state"] for r in fs._journal.db().execute("SELECT state FROM ops")]
+    assert states == ["queued"] * 3
+    flaky.failure_rate = 0.0
+    fs.sync(wait=True, timeout=30)
+    assert remote_files(disk, "/r") == {f"f{i}": b"x" * i for i in range(3)}
+    fs.close()

@@ -259,14 +259,17 @@ class Syncer:
         return stamp_of(entry) if entry else None
 
     def _mark_uploading(self, layer, batch) -> list:
-        """Claim uploads: only ops still queued with the same data become 'uploading' (a
-        write may have coalesced one away since the queue was read); returns those."""
+        """Claim uploads: only ops still in the journal with the same data become
+        'uploading' (a write may have coalesced one away since the queue was read); returns
+        those. Only this thread, holding the lock, sets 'uploading', and every step ends its
+        uploads: one still 'uploading' at the next step was abandoned, and is claimed again
+        (a retry recognises an upload that landed)."""
         claimed = []
         with layer._journal.tx() as conn:
             for op in batch:
                 cursor = conn.execute(
-                    "UPDATE ops SET state = 'uploading' WHERE seq = ? AND blob IS ? AND "
-                    "state IN ('queued', 'error')", (op["seq"], op["blob"]))
+                    "UPDATE ops SET state = 'uploading' WHERE seq = ? AND blob IS ?",
+                    (op["seq"], op["blob"]))
                 if cursor.rowcount == 1:
                     claimed.append(op)
         return claimed
@@ -384,13 +387,16 @@ class Syncer:
                 if not is_connection_error(exc) and not isinstance(exc, (OSError, ValueError)):
                     raise
                 # some may have landed: finish one by one (a landed one is recognised as ours)
-                for op in clear:
+                for i, op in enumerate(clear):
                     try:
                         self._put(layer, op, retry=True)
                     except Exception as one:
-                        self._failed(layer, [op], one)
                         if is_connection_error(one):
+                            # the link is down: this one and the rest wait for it (queued
+                            # again; left 'uploading', the head of the queue would stall)
+                            self._failed(layer, clear[i:], one)
                             break
+                        self._failed(layer, [op], one)
                 return
             after = self._listings(layer, parents)
             self._recent_listing = (time.monotonic(), parents, after)
