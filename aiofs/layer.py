@@ -313,6 +313,9 @@ class Layer(SafeTextWrites, ChainedFileSystem):
 
     def _strip_like_target(self, path):
         """Strip our protocol, then normalise the path as the target does."""
+        if type(path) is str and "://" not in path:
+            # the common case, once per call of every operation: no protocol to strip
+            return self.fs._strip_protocol(path.rstrip("/"))
         if isinstance(path, list):
             return [self._strip_like_target(p) for p in path]
         return self.fs._strip_protocol(type(self)._strip_protocol(path))

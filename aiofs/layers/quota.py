@@ -844,6 +844,14 @@ class Quota(Layer):
 
     # -- writes ------------------------------------------------------------------------------------
 
+    def open(self, path, mode="rb", block_size=None, cache_options=None, compression=None, **kwargs):
+        if mode == "wb" and block_size is None and compression is None and not kwargs \
+                and not self._intrans:
+            # the hot path of small writes: fsspec's open has nothing to add to it
+            return self._open(self._strip_protocol(path), mode)
+        return super().open(path, mode, block_size=block_size, cache_options=cache_options,
+                            compression=compression, **kwargs)
+
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
         if "r" in mode and "+" not in mode:
             return super()._open(path, mode=mode, block_size=block_size, autocommit=autocommit,
