@@ -580,6 +580,16 @@ class Syncer:
                         conn.execute("UPDATE entries SET stamp = ? WHERE path = ?", (stamp, target))
                 if row is not None and not layer._pending_on(conn, target):
                     conn.execute("UPDATE entries SET dirty = 0 WHERE path = ?", (target,))
+                if kind in ("mvtree", "mkdir"):
+                    # a listing (or lookup) of the moved tree or the new directory taken
+                    # while the remote did not have it yet must not be merged now: it would
+                    # drop them from the local view. Every directory there changes version.
+                    conn.execute(
+                        "INSERT INTO dirs (path, listed, version) SELECT path, 0, 1 FROM entries "
+                        "WHERE type = 'directory' AND (path = ? OR path LIKE ? ESCAPE '\\') "
+                        "ON CONFLICT(path) DO UPDATE SET version = version + 1",
+                        (target if kind == "mkdir" else op["path2"],
+                         like_prefix(target if kind == "mkdir" else op["path2"])))
                 if kind == "mvtree":
                     # the files the move carried were dirty until now (the remote had
                     # nothing at their new names): now it has them, under the stamps read
