@@ -757,3 +757,29 @@ def test_a_listing_taken_before_a_tree_move_landed_is_not_merged_after(tmp_path)
     assert fs.conflicts() == []
     assert remote_files(disk, "/r") == {"d0/d1/s/f2": b"ours"}
     fs.close()
+
+
+@pytest.mark.parametrize("policy, theirs_at_dst", [("keep-both", True), ("remote-wins", True),
+                                                   ("local-wins", False)])
+def test_a_move_onto_a_file_someone_else_created_keeps_both(tmp_path, policy, theirs_at_dst):
+    """A queued rename whose destination got a file on the remote meanwhile never replaces
+    it silently: theirs stays, ours lands as a conflicted copy next to it (an overwriting
+    policy moves over it, as asked)."""
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, syncer=False,
+                                  conflict_policy=policy)
+    disk.pipe_file("/r/a.txt", b"ours")
+    assert fs.find("/r") == ["/r/a.txt"]
+    fs.mv("/r/a.txt", "/r/b.txt")
+    disk.pipe_file("/r/b.txt", b"theirs")  # someone else, before our move reached the remote
+    fs.sync(wait=True, timeout=SYNC_TIMEOUT)
+    remote = remote_files(disk, "/r")
+    if theirs_at_dst:
+        [copy] = [name for name in remote if "conflicted copy" in name]
+        assert remote == {"b.txt": b"theirs", copy: b"ours"}
+        assert [c["outcome"] for c in fs.conflicts()] == ["kept-both"]
+        fs.invalidate_cache()
+        assert fs.cat_file("/r/b.txt") == b"theirs" and fs.cat_file(f"/r/{copy}") == b"ours"
+        assert sorted(fs.ls("/r", detail=False)) == sorted(["/r/b.txt", f"/r/{copy}"])
+    else:
+        assert remote == {"b.txt": b"ours"} and fs.conflicts() == []
+    fs.close()

@@ -1524,7 +1524,9 @@ class Offline(Layer):
                                  "VALUES (?, 'put', ?, ?, ?, ?, 'queued', ?)",
                                  (dropped["seq"], src, dropped["blob"], dropped["size"],
                                   dropped["base"], dropped["created"]))
-                self._queue(conn, "mv", src, dst)
+                # based on what this cache knew at the destination: a file someone else
+                # put there meanwhile is a conflict, never silently replaced
+                self._queue(conn, "mv", src, dst, base=self._base_for(conn, dst, drow))
             conn.execute("DELETE FROM entries WHERE path = ?", (dst,))
             self._ensure_parents(conn, dst, now)
             conn.execute("UPDATE entries SET path = ?, parent = ?, dirty = 1, validated = ?, "

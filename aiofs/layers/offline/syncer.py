@@ -30,6 +30,8 @@ from aiofs.errors import SyncFailed
 from aiofs.layer import internal_access, stamp_of
 from aiofs.layers.offline import conflicts as conflict_rules
 from aiofs.layers.offline.journal import like_prefix
+# the package imports layer first; layer imports this module only when an Offline starts
+from aiofs.layers.offline.layer import _remote_times, is_connection_error
 
 log = logging.getLogger("aiofs.offline")
 
@@ -195,8 +197,6 @@ class Syncer:
         return 0.0
 
     def _failed(self, layer, batch, exc: BaseException) -> None:
-        from aiofs.layers.offline.layer import is_connection_error
-
         connection = is_connection_error(exc) or isinstance(exc, SyncFailed)
         now = time.time()
         text = f"{type(exc).__name__}: {exc}"
@@ -216,8 +216,6 @@ class Syncer:
 
     def _call(self, fn, *args, **kwargs):
         """A remote call with two quick retries of connection-kind errors (a flaky link)."""
-        from aiofs.layers.offline.layer import is_connection_error
-
         for attempt in range(3):
             try:
                 return fn(*args, **kwargs)
@@ -248,8 +246,6 @@ class Syncer:
                 if entry.get("type") != "directory" and stamp_of(entry)}
 
     def _stamp_after(self, layer, key: str) -> str | None:
-        from aiofs.layers.offline.layer import is_connection_error
-
         try:
             entry = self._info(layer, key)
         except Exception as exc:
@@ -288,8 +284,6 @@ class Syncer:
                 self._call(layer.fs.rm, key, recursive=True)
             self._done(layer, op, None)
         elif kind == "rmdir":
-            from aiofs.layers.offline.layer import is_connection_error
-
             try:
                 self._call(layer.fs.rmdir, key)
             except FileNotFoundError:
@@ -303,6 +297,13 @@ class Syncer:
                 self._call(layer.fs.makedirs, key, exist_ok=True)
             self._done(layer, op, None)
         elif kind == "mv":
+            if CONCRETE(op["base"]):
+                remote = self._info(layer, op["path2"])
+                if self._changed(op, remote) and conflict_rules.decide(
+                        layer.conflict_policy, op["created"],
+                        _remote_times(remote)[0] if remote else None) != "overwrite":
+                    self._mv_conflict(layer, op, remote)
+                    return
             try:
                 self._call(layer.fs.mv, key, op["path2"])
             except FileNotFoundError:
@@ -360,8 +361,6 @@ class Syncer:
 
     def _puts(self, layer, batch) -> None:
         """A run of uploads to distinct paths: one stamp check per directory, one bulk put."""
-        from aiofs.layers.offline.layer import is_connection_error
-
         batch = self._mark_uploading(layer, batch)
         if not batch:
             return
@@ -458,13 +457,63 @@ class Syncer:
                 layer._unreferenced(conn, layer._forget_tree(conn, dst))
             layer._bump(conn, [dst])
 
+    def _mv_conflict(self, layer, op, remote) -> None:
+        """A move onto a destination the remote changed since this cache saw it (someone
+        put a file there): theirs stays at the destination, ours moves to a conflicted
+        copy next to it. Under every policy but an overwriting one: a move never drops
+        data (``remote-wins`` keeps ours as the copy too)."""
+        src, dst = op["path"], op["path2"]
+        copy = self._free_copy_name(layer, dst)
+        try:
+            self._call(layer.fs.mv, src, copy)
+        except FileNotFoundError:
+            self._mv_source_gone(layer, op)
+            return
+        copy_stamp = self._stamp_after(layer, copy)
+        with layer._journal.tx() as conn:
+            now = time.time()
+            conn.execute("DELETE FROM ops WHERE seq = ?", (op["seq"],))
+            self._record(conn, dst, copy, "kept-both",
+                         f"moved here from {src!r}; the remote had a new file here: ours is the copy")
+            self._resolve_chain(conn, src, "absent")
+            self._resolve_chain(conn, dst, op["base"])  # a later edit here conflicts the same way
+            released = []
+            row = layer._row(conn, dst)
+            layer._ensure_parents(conn, copy, now, local=False)
+            pending = layer._pending_on(conn, dst)
+            # the copy holds what was moved: the local data if nothing newer is queued here
+            blob = row["blob"] if row is not None and not pending else None
+            conn.execute(
+                "INSERT OR REPLACE INTO entries (path, parent, type, size, mtime, created, stamp, blob, "
+                "cached, cached_bytes, dirty, validated, accessed) VALUES "
+                "(?, ?, 'file', ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                (copy, layer._parent(copy), row["size"] if row is not None else 0, now, now,
+                 copy_stamp, blob, row["cached"] if blob else "none",
+                 row["cached_bytes"] if blob else 0, now if copy_stamp else 0.0, now))
+            if not pending:
+                conn.execute("UPDATE entries SET blob = NULL, cached = 'none', cached_bytes = 0, "
+                             "stamp = NULL, dirty = 0 WHERE path = ?", (dst,))
+                if remote is not None:
+                    released += layer._upsert_remote(conn, dst, remote, now)
+                else:
+                    released += layer._forget_tree(conn, dst)
+            layer._bump(conn, [src, dst, copy])
+            released = layer._unreferenced(conn, released)
+        layer._finish(released)
+
+    def _free_copy_name(self, layer, key: str) -> str:
+        """A conflicted-copy name for ``key`` that the remote does not hold yet."""
+        copy = layer.fs._strip_protocol(conflict_rules.conflicted_copy_name(key, time.time(), layer.host))
+        n = 2
+        while self._info(layer, copy) is not None:
+            copy = layer.fs._strip_protocol(
+                conflict_rules.conflicted_copy_name(key, time.time(), f"{layer.host} {n}"))
+            n += 1
+        return copy
+
     def _conflict(self, layer, op, remote) -> None:
         key = op["path"]
-        remote_mtime = None
-        if remote is not None:
-            from aiofs.layers.offline.layer import _remote_times
-
-            remote_mtime = _remote_times(remote)[0]
+        remote_mtime = _remote_times(remote)[0] if remote is not None else None
         action = conflict_rules.decide(layer.conflict_policy, op["created"], remote_mtime)
         if action == "overwrite":
             self._call(layer.fs.put_file, layer._store.path(op["blob"]), key)
@@ -492,13 +541,7 @@ class Syncer:
                 released = layer._unreferenced(conn, released)
             layer._finish(released)
             return
-        copy = conflict_rules.conflicted_copy_name(key, time.time(), layer.host)
-        copy = layer.fs._strip_protocol(copy)
-        n = 2
-        while self._info(layer, copy) is not None:
-            copy = layer.fs._strip_protocol(
-                conflict_rules.conflicted_copy_name(key, time.time(), f"{layer.host} {n}"))
-            n += 1
+        copy = self._free_copy_name(layer, key)
         self._call(layer.fs.put_file, layer._store.path(op["blob"]), copy)
         copy_stamp = self._stamp_after(layer, copy)
         with layer._journal.tx() as conn:
