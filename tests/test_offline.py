@@ -783,3 +783,29 @@ def test_a_move_onto_a_file_someone_else_created_keeps_both(tmp_path, policy, th
     else:
         assert remote == {"b.txt": b"ours"} and fs.conflicts() == []
     fs.close()
+
+
+def test_an_upload_whose_answer_was_lost_is_not_coalesced_away(tmp_path):
+    """Regression: an upload that landed but whose completion was lost (the listing after a
+    bulk put failed) went back to the queue; a new write of the same file replaced it and
+    kept its base ("absent"), so the new write found our own upload on the remote and became
+    a conflicted copy of itself. An attempted upload is never coalesced away now."""
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, syncer=False)
+    fs.pipe({"/r/a": b"first", "/r/b": b"other"})  # one bulk upload of two files
+    real_put = flaky.put
+
+    def put_then_lose_the_listing(*args, **kwargs):
+        real_put(*args, **kwargs)
+        flaky.operations, flaky.failure_rate = frozenset({"ls"}), 1.0
+
+    flaky.put = put_then_lose_the_listing
+    fs._syncer._step(fs)  # both land; the listing after them fails
+    del flaky.put
+    assert remote_files(disk, "/r") == {"a": b"first", "b": b"other"}
+    assert fs.queue_totals()["count"] == 2
+    flaky.failure_rate = 0.0
+    fs.pipe_file("/r/a", b"second")
+    fs.sync(wait=True, timeout=SYNC_TIMEOUT)
+    assert fs.conflicts() == []
+    assert remote_files(disk, "/r") == {"a": b"second", "b": b"other"}
+    fs.close()

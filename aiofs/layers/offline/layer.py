@@ -1112,11 +1112,14 @@ class Offline(Layer):
         return row["stamp"] or "@any"
 
     def _drop_queued_put(self, conn, key: str):
-        """Remove the last queued (not started) upload of ``key`` if nothing after it touches
-        ``key``: a newer write or a delete supersedes it. Returns the dropped op or None."""
+        """Remove the last queued, never attempted upload of ``key`` if nothing after it
+        touches ``key``: a newer write or a delete supersedes it. Returns the dropped op or
+        None. One attempted before may have landed (its answer lost): it stays, and what
+        follows is based on its outcome (``@chain``), not on its own base."""
         last = conn.execute("SELECT * FROM ops WHERE path = ? OR path2 = ? ORDER BY seq DESC LIMIT 1",
                             (key, key)).fetchone()
-        if last is None or last["kind"] != "put" or last["path"] != key or last["state"] != "queued":
+        if last is None or last["kind"] != "put" or last["path"] != key or last["state"] != "queued" \
+                or last["attempts"] > 0:
             return None
         for a in self._ancestors(key):
             if conn.execute("SELECT 1 FROM ops WHERE seq > ? AND kind IN ('rmtree','mvtree') AND "
