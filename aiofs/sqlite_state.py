@@ -1,8 +1,8 @@
 """Per-thread SQLite connections in WAL mode, and write transactions across processes.
 
-Layers that keep local state in SQLite (Quota's usage, the Offline journal) share this:
-one connection per thread and per process (a forked child opens its own), WAL so readers
-never block the writer, and ``BEGIN IMMEDIATE`` transactions so two processes never
+Modules that keep local state in SQLite (Quota's usage, the Offline journal, the usage
+history) share this: one connection per thread and per process (a forked child opens its
+own), WAL so readers never block the writer, and ``BEGIN IMMEDIATE`` transactions so two processes never
 interleave their read-check-write sequences.
 """
 

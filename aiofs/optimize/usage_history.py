@@ -25,13 +25,13 @@ import datetime
 import json
 import os
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
 import platformdirs
 
 from aiofs.errors import ConfigError, InvalidArgument
+from aiofs.sqlite_state import ThreadConnections
 
 __all__ = ["UsageHistory", "default_history_path", "FORMAT", "FORMAT_VERSION", "APPLICATION_ID"]
 
@@ -78,27 +78,18 @@ class UsageHistory:
 
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = os.path.abspath(os.path.expanduser(os.fspath(path or default_history_path())))
-        self._local = threading.local()
+        self._connections = ThreadConnections(self.path, synchronous="NORMAL")
         self._init()
 
     def __repr__(self) -> str:
         return f"UsageHistory({self.path!r})"
 
     def _db(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
+        return self._connections.db()
 
     def _init(self) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._connections.tx() as conn:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -114,17 +105,10 @@ class UsageHistory:
                 raise ConfigError(
                     f"{self.path} is not an {FORMAT} database of version <= {FORMAT_VERSION} "
                     f"(format={rows.get('format')!r}, version={rows.get('version')!r})")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close this thread's connection (the next call reopens it)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._connections.close()
 
     def record(self, stack: str, target: str, *, logical_bytes: int, files: int,
                stored_bytes: int | None = None, by_type: dict | None = None,
