@@ -1444,23 +1444,23 @@ class Offline(Layer):
                 raise FileExistsError(dst)
             self._ensure_listing(src)
             self._list_tree(src)
-            for _ in range(3):
-                self._cache_for_move(src, tree=True)
-                if self._move_tree(src, dst, strict=self.online):
-                    break
-            else:
-                self._move_tree(src, dst, strict=False)
+            self._move_with_data(src, dst, tree=True)
         else:
             if drow is not None and drow["type"] == "directory":
                 raise IsADirectory(f"is a directory: {dst!r}", dst)
             self._check_writable(dst)
-            for _ in range(3):
-                self._cache_for_move(src, tree=False)
-                if self._move_file(src, dst, strict=self.online):
-                    break
-            else:
-                self._move_file(src, dst, strict=False)
+            self._move_with_data(src, dst, tree=False)
         self._syncer.kick()
+
+    def _move_with_data(self, src: str, dst: str, tree: bool) -> None:
+        """Fetch the data the move carries, then move; online, try again (three times) if
+        some of it was evicted or replaced in between, then move what is there."""
+        move = self._move_tree if tree else self._move_file
+        for _ in range(3):
+            self._cache_for_move(src, tree=tree)
+            if move(src, dst, strict=self.online):
+                return
+        move(src, dst, strict=False)
 
     def _list_tree(self, src: str) -> None:
         """Complete the local listings below directory ``src`` (a move takes along only what
