@@ -299,6 +299,9 @@ class Syncer:
         elif kind == "mv":
             if CONCRETE(op["base"]):
                 remote = self._info(layer, op["path2"])
+                if op["attempts"] > 0 and self._moved_already(layer, op, remote):
+                    self._done(layer, op, stamp_of(remote))  # an earlier attempt landed
+                    return
                 if self._changed(op, remote) and conflict_rules.decide(
                         layer.conflict_policy, op["created"],
                         _remote_times(remote)[0] if remote else None) != "overwrite":
@@ -457,6 +460,16 @@ class Syncer:
                 layer._unreferenced(conn, layer._forget_tree(conn, dst))
             layer._bump(conn, [dst])
 
+    def _moved_already(self, layer, op, remote) -> bool:
+        """The remote shows this move done: the source is gone and the destination holds
+        exactly our data (an earlier attempt landed and its answer was lost)."""
+        row = layer._row(layer._journal.db(), op["path2"])
+        if row is None or row["cached"] != "full" or not row["blob"]:
+            return False
+        if self._info(layer, op["path"]) is not None:
+            return False
+        return self._same_content(layer, op["path2"], remote, {"blob": row["blob"], "size": row["size"]})
+
     def _mv_conflict(self, layer, op, remote) -> None:
         """A move onto a destination the remote changed since this cache saw it (someone
         put a file there): theirs stays at the destination, ours moves to a conflicted
@@ -467,8 +480,13 @@ class Syncer:
         try:
             self._call(layer.fs.mv, src, copy)
         except FileNotFoundError:
-            self._mv_source_gone(layer, op)
-            return
+            # the source is gone (an earlier attempt moved it and its answer was lost, or
+            # someone removed it): upload our data under the copy's name, never over theirs
+            row = layer._row(layer._journal.db(), dst)
+            if row is None or row["cached"] != "full" or not row["blob"]:
+                self._mv_source_gone(layer, op)  # no data here either: recorded as lost
+                return
+            self._call(layer.fs.put_file, layer._store.path(row["blob"]), copy)
         copy_stamp = self._stamp_after(layer, copy)
         with layer._journal.tx() as conn:
             now = time.time()
