@@ -851,3 +851,33 @@ def test_a_move_whose_answer_was_lost_is_not_a_conflict_with_itself(tmp_path):
     fs.sync(wait=True, timeout=SYNC_TIMEOUT)
     assert remote_files(disk, "/r") == {"b.txt": b"ours"} and fs.conflicts() == []
     fs.close()
+
+
+def test_an_answer_to_a_call_made_before_going_offline_does_not_switch_back(tmp_path):
+    """Regression: a call in flight when the cable was pulled (a heartbeat probe) returned
+    after a newer call had failed and switched the layer offline; its late answer switched
+    it back online, so a 1,000-operation offline session ended "online"."""
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, syncer=False)
+    in_flight, release = threading.Event(), threading.Event()
+    plain_info = flaky.info
+
+    def info_answered_late(path, **kwargs):
+        result = plain_info(path, **kwargs)  # the remote answers before the cable is pulled
+        if not in_flight.is_set():
+            in_flight.set()
+            release.wait(30)  # ... but the answer arrives after the layer went offline
+        return result
+
+    flaky.info = info_answered_late
+    outcome = []
+    late = threading.Thread(target=lambda: outcome.append(fs.probe(attempts=1)))
+    late.start()
+    assert in_flight.wait(30)
+    flaky.unplug()
+    assert not fs.probe(attempts=1) and not fs.online
+    release.set()
+    late.join(30)
+    assert outcome == [False] and not fs.online
+    flaky.plug()
+    assert fs.probe(attempts=1) and fs.online  # an answer asked after the switch counts
+    fs.close()

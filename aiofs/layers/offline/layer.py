@@ -316,6 +316,9 @@ class Offline(Layer):
         self.online = True
         self.offline_since: float | None = None
         self.last_error: str | None = None
+        # counts switches to offline: an answer to a call made before the latest switch is
+        # older news than the failure behind it and must not switch back online
+        self._offline_switches = 0
         self._probe_path = ""
         self._last_activity = 0.0
         self._state_lock = threading.Lock()
@@ -382,6 +385,7 @@ class Offline(Layer):
         attempts = self.foreground_retries if self.online else 1
         last: BaseException | None = None
         for attempt in range(attempts):
+            asked_at = self._offline_switches
             try:
                 # the local view holds internal data too (layers above keep theirs under
                 # .aiofs/); this layer hides it from its own callers
@@ -389,7 +393,8 @@ class Offline(Layer):
                     result = fn(*args, **kwargs)
             except Exception as exc:
                 if not is_connection_error(exc):
-                    self.set_online(True)  # it answered, if with an error: the network is there
+                    # it answered, if with an error: the network is there
+                    self.set_online(True, asked_at=asked_at)
                     raise
                 last = exc
                 if attempt + 1 < attempts:
@@ -398,21 +403,30 @@ class Offline(Layer):
                 continue
             if what:
                 self._probe_path = what
-            self.set_online(True)
+            self.set_online(True, asked_at=asked_at)
             return result
         self.set_online(False, last)
         raise SyncFailed(f"offline: the remote cannot be reached for {what!r} ({last})",
                          what or None) from last
 
-    def set_online(self, online: bool, error: BaseException | None = None) -> None:
-        """Record a switch between online and offline (the syncer is woken when back)."""
+    def set_online(self, online: bool, error: BaseException | None = None,
+                   asked_at: int | None = None) -> None:
+        """Record a switch between online and offline (the syncer is woken when back).
+
+        ``asked_at``: for an answer, the switch count when its call started; an answer to a
+        call started before the layer last went offline does not switch it back (a call in
+        flight when the cable was pulled may still return).
+        """
         with self._state_lock:
             if online == self.online:
+                return
+            if online and asked_at is not None and asked_at != self._offline_switches:
                 return
             self.online = online
             if online:
                 self.offline_since = None
             else:
+                self._offline_switches += 1
                 self.offline_since = time.time()
                 self.last_error = f"{type(error).__name__}: {error}" if error else None
         if online:
@@ -425,6 +439,7 @@ class Offline(Layer):
         outcome and returns it."""
         last = None
         for attempt in range(attempts):
+            asked_at = self._offline_switches
             try:
                 self.fs.info(self._probe_path)
             except FileNotFoundError:
@@ -436,11 +451,11 @@ class Offline(Layer):
                 if attempt + 1 < attempts:
                     time.sleep(0.02 * (attempt + 1))
                 continue
-            self.set_online(True)
-            return True
+            self.set_online(True, asked_at=asked_at)
+            return self.online
         if last is None:
-            self.set_online(True)
-            return True
+            self.set_online(True, asked_at=asked_at)
+            return self.online
         self.set_online(False, last)
         return False
 
