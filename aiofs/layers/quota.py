@@ -109,6 +109,25 @@ def _settle_all() -> None:
         if quota is not None:
             with contextlib.suppress(Exception):
                 quota.flush()
+
+
+_pid = os.getpid()  # this process, kept here: no getpid() system call per small write
+
+
+def _after_fork_in_child() -> None:
+    """A forked child is a new process: leases are checked against its pid, and a lock a
+    parent thread held at the fork would never be released here."""
+    global _pid
+    _pid = os.getpid()
+    for ref in list(_LIVE):
+        quota = ref()
+        if quota is not None:
+            quota._lease_lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 MAX_RESERVATION = 256 << 20
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
@@ -249,6 +268,7 @@ class Quota(Layer):
         self.count_internal = bool(count_internal)
         self.recount_after = recount_after
         self.target_id = target_identity(self.fs)
+        self._atomic_target = _declared_atomic(self.fs)  # asked once: every write needs it
         try:  # targets that keep clean absolute paths as they are (local, memory)
             self._fast_keys = self.fs._strip_protocol(_PROBE) == _PROBE
         except Exception:
@@ -533,32 +553,82 @@ class Quota(Layer):
     # -- the per-process lease (fast path for small writes of known size) ----------------------
 
     def _reset_lease(self) -> None:
-        self._lease_pid = os.getpid()
+        self._lease_pid = _pid
         self._lease_id: int | None = None
         self._lease_left = 0
         self._pending: dict[str, int] = {}
         self._pending_since = 0.0
+        # at most one thread recording rows (pending files of the lease, or a bulk pipe);
+        # the lease's files it failed to record come back through ``_unrecorded``
         self._background: threading.Thread | None = None
+        self._unrecorded: dict[str, int] | None = None
 
     def _own_lease(self) -> None:
-        if self._lease_pid != os.getpid():  # a forked child: the parent's lease is not ours
+        if self._lease_pid != _pid:  # a forked child: the parent's lease is not ours
             self._reset_lease()
 
-    def _write_pending(self, conn) -> int:
-        """Inside a transaction: record the pending files; returns the change of ``used``."""
-        if not self._pending:
+    def _record_files(self, conn, items: dict[str, int]) -> int:
+        """Inside a transaction: record written files (key -> size) in the books; returns
+        the change of ``used``."""
+        if not items:
             return 0
-        items = self._pending
-        keys = list(items)
-        olds = self._old_sizes(conn, keys)
+        olds = self._old_sizes(conn, list(items))
         conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?)", items.items())
         change = sum(items.values()) - sum(olds.values())
         conn.execute("UPDATE usage SET used = used + ?, files = files + ?",
-                     (change, len(keys) - len(olds)))
+                     (change, len(items) - len(olds)))
         return change
+
+    def _write_pending(self, conn) -> int:
+        """Inside a transaction: record the pending files; returns the change of ``used``."""
+        return self._record_files(conn, self._pending)
+
+    def _join_background(self) -> None:
+        """Under the lease lock: wait for the recording thread, if any; files of the lease it
+        failed to record are pending again. (That thread never takes the lease lock.)"""
+        background, self._background = self._background, None
+        if background is not None:
+            background.join()
+        unrecorded, self._unrecorded = self._unrecorded, None
+        if unrecorded:
+            self._pending = {**unrecorded, **self._pending}
+
+    def _record_in_background(self) -> None:
+        """Under the lease lock: a thread records the pending files while this one goes on.
+
+        The lease row still covers their bytes; the thread's transaction records them and
+        shrinks the row by as much, so the books never show less than was written. It runs
+        mostly while the writer waits for its disk (fsync releases the GIL).
+        """
+        self._join_background()
+        recording, self._pending = self._pending, {}
+        self._pending_since = time.monotonic()
+        thread = threading.Thread(target=self._record_pending, args=(recording, self._lease_id),
+                                  name="aiofs-quota-record")
+        self._background = thread
+        thread.start()
+
+    def _record_pending(self, recording: dict[str, int], lease_id: int | None) -> None:
+        try:
+            with self._tx() as conn:
+                self._record_files(conn, recording)
+                if lease_id is not None:
+                    conn.execute("UPDATE reservations SET bytes = MAX(0, bytes - ?), "
+                                 "updated_at = ? WHERE id = ?",
+                                 (sum(recording.values()), time.time(), lease_id))
+                events = self._alerts_in_tx(conn, None)
+        except Exception:
+            log.warning("quota: recording written files failed; they are recorded later",
+                        exc_info=True)
+            self._unrecorded = recording  # the lease row still covers them
+            return
+        finally:
+            self._connections.close()  # this thread ends here
+        self._fire(events)
 
     def _lease_tx(self, size: int | None) -> bool:
         """Record pending files; then take a lease fit for ``size`` (``None``: give it up)."""
+        self._join_background()  # the lease row changes below: nothing may record against it
         pending = dict(self._pending)
         try:
             with self._tx() as conn:
@@ -602,31 +672,11 @@ class Quota(Layer):
             self._fire(events)
         return bool(want)
 
-    def _flush_lease(self) -> None:
-        """Record pending files, keep the rest of the lease (its row shrinks to what is left)."""
-        pending = dict(self._pending)
-        try:
-            with self._tx() as conn:
-                self._write_pending(conn)
-                self._pending = {}
-                if self._lease_id is not None:
-                    conn.execute("UPDATE reservations SET bytes = ?, updated_at = ? WHERE id = ?",
-                                 (self._lease_left, time.time(), self._lease_id))
-                events = self._alerts_in_tx(conn, None)
-        except BaseException:
-            self._pending = {**pending, **self._pending}
-            raise
-        self._pending_since = time.monotonic()
-        if events:
-            self._fire(events)
-
     def flush(self) -> None:
         """Record the files this process wrote on its lease and give the lease back."""
         with self._lease_lock:
             self._own_lease()
-            background, self._background = self._background, None
-            if background is not None:
-                background.join()
+            self._join_background()
             if self._pending or self._lease_id is not None:
                 self._lease_tx(None)
 
@@ -668,6 +718,7 @@ class Quota(Layer):
                                   name="aiofs-quota-batch")
         with self._lease_lock:
             self._own_lease()
+            self._join_background()
             self._background = thread
         thread.start()
         return result
@@ -675,10 +726,7 @@ class Quota(Layer):
     def _record_batch(self, items: dict[str, int], rid: int) -> None:
         try:
             with self._tx() as conn:
-                olds = self._old_sizes(conn, list(items))
-                conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?)", items.items())
-                conn.execute("UPDATE usage SET used = used + ?, files = files + ?",
-                             (sum(items.values()) - sum(olds.values()), len(items) - len(olds)))
+                self._record_files(conn, items)
                 conn.execute("DELETE FROM reservations WHERE id = ?", (rid,))
                 events = self._alerts_in_tx(conn, None)
             self._fire(events)
@@ -689,22 +737,32 @@ class Quota(Layer):
 
     def _charge(self, items: dict[str, int]):
         """Check and record writes of known size; returns a token for :meth:`_refund`."""
-        if len(items) == 1 and self.max_files is None:
+        if len(items) == 1:
             ((key, size),) = items.items()
+            return self._charge_one(key, size)
+        self.flush()
+        return ("tx", self._charge_tx(items))
+
+    def _charge_one(self, key: str, size: int):
+        """:meth:`_charge` of one file: taken from this process's lease (no transaction)
+        unless the lease is short or ``max_files`` needs every file counted at once."""
+        if self.max_files is None:
             with self._lease_lock:
-                self._own_lease()
+                if self._lease_pid != _pid:
+                    self._reset_lease()  # a forked child: the parent's lease is not ours
                 if size > self._lease_left:
                     self._check_file_size(key, size)
                     if not self._lease_tx(size):
-                        return ("tx", self._charge_tx(items))
+                        return ("tx", self._charge_tx({key: size}))
                 elif self.max_file_size is not None and size > self.max_file_size:
                     self._check_file_size(key, size)
                 self._lease_left -= size
-                previous = self._pending.get(key, _MISSING)
-                self._pending[key] = size
+                pending = self._pending
+                previous = pending.get(key, _MISSING)
+                pending[key] = size
                 return ("lease", key, size, previous)
         self.flush()
-        return ("tx", self._charge_tx(items))
+        return ("tx", self._charge_tx({key: size}))
 
     def _written(self, token) -> None:
         """The write charged with ``token`` landed: record the batch if it is due.
@@ -717,8 +775,9 @@ class Quota(Layer):
                 or time.monotonic() - self._pending_since > LEASE_FLUSH_SECONDS):
             with self._lease_lock:
                 self._own_lease()
-                if self._pending:
-                    self._flush_lease()
+                background = self._background
+                if self._pending and (background is None or not background.is_alive()):
+                    self._record_in_background()
 
     def _refund(self, token) -> None:
         """Undo :meth:`_charge` after the target refused the write."""
@@ -726,7 +785,7 @@ class Quota(Layer):
             return self._refund_tx(token[1])
         _, key, size, previous = token
         with self._lease_lock:
-            if self._lease_pid == os.getpid() and self._pending.get(key, _MISSING) == size:
+            if self._lease_pid == _pid and self._pending.get(key, _MISSING) == size:
                 if previous is _MISSING:
                     del self._pending[key]
                 else:
@@ -861,7 +920,7 @@ class Quota(Layer):
             return self.fs._open(path, mode=mode, block_size=block_size, autocommit=autocommit,
                                  cache_options=cache_options, **kwargs)
         key = self._key(path)
-        atomic = _declared_atomic(self.fs)
+        atomic = self._atomic_target
         existed = atomic or self.fs.isfile(path)
         initial = self.fs.size(path) if "a" in mode and existed else 0
 
@@ -877,10 +936,20 @@ class Quota(Layer):
         return QuotaWriter(self, path, key, open_target(), initial=initial, existed=existed)
 
     def pipe_file(self, path, value, mode="overwrite", **kwargs):
-        refuse_internal_write(path)
-        if not self._counted(path):
-            return self.fs.pipe_file(path, value, mode=mode, **kwargs)
-        olds = self._charge({self._key(path): len(value)})
+        # The common case, inlined (this is the hot path of small writes): a counted path the
+        # target names as it is. Plain substring tests, stricter than _UNCLEAN: any name
+        # starting with a dot (also every INTERNAL_DIR) takes the slow path. Cheaper than the
+        # regex engine when the CPU comes back cold from the previous write's fsync.
+        if self._fast_keys and type(path) is str and path[:1] == "/" and path[-1] != "/" \
+                and "/." not in path and "//" not in path and ":" not in path \
+                and "\\" not in path and "\x00" not in path:
+            key = path
+        else:
+            refuse_internal_write(path)
+            if not self._counted(path):
+                return self.fs.pipe_file(path, value, mode=mode, **kwargs)
+            key = self._key(path)
+        olds = self._charge_one(key, len(value))
         try:
             result = self.fs.pipe_file(path, value, mode=mode, **kwargs)
         except BaseException:
@@ -1002,20 +1071,22 @@ class QuotaWriter(io.BufferedIOBase):
     the target file is discarded.
     """
 
+    # Starting values as class attributes: a writer is made per small file, and every
+    # attribute set in __init__ costs (io.BufferedIOBase.__init__ does nothing we need).
+    _pos = 0               # position relative to the start of our writes
+    _size = 0              # bytes of the file beyond ``initial``
+    _reservation: int | None = None  # row id
+    _reserved = 0          # bytes covered by the reservation (size, beyond the credit)
+    _credit = 0
+    _done = False
+
     def __init__(self, quota: Quota, path: str, key: str, target, initial: int, existed: bool,
                  opener: Callable[[], Any] | None = None):
-        super().__init__()
         self.quota, self.path, self.key, self.target = quota, path, key, target
         self._opener = opener
         self.initial = initial  # bytes already in the file (append mode)
         self.existed = existed
-        self._pos = 0          # position relative to the start of our writes
-        self._size = 0         # bytes of the file beyond ``initial``
         self._buffer: bytearray | None = bytearray()
-        self._reservation: int | None = None  # row id
-        self._reserved = 0     # bytes covered by the reservation (size, beyond the credit)
-        self._credit = 0
-        self._done = False
 
     # -- io.BufferedIOBase ---------------------------------------------------------------------
 
@@ -1037,6 +1108,19 @@ class QuotaWriter(io.BufferedIOBase):
         return self._pos
 
     def write(self, data) -> int:
+        buffer = self._buffer
+        if buffer is not None and self._pos == self._size and not self._done:
+            # the hot path of small files: append to the buffer (checks as below, inlined)
+            n = len(data) if type(data) is bytes else memoryview(data).nbytes
+            new_size = self._size + n
+            limit = self.quota.max_file_size
+            if new_size <= STREAM_BUFFER and (limit is None or self.initial + new_size <= limit):
+                buffer += data
+                self._pos = self._size = new_size
+                return n
+        return self._write(data)
+
+    def _write(self, data) -> int:
         if self._done:
             raise ValueError("I/O operation on closed file")
         view = memoryview(data).cast("B")
@@ -1133,7 +1217,7 @@ class QuotaWriter(io.BufferedIOBase):
         q, total = self.quota, self.initial + self._size
         if self._buffer is not None:  # small file: one charge, then the bytes go down
             try:
-                olds = q._charge({self.key: total})
+                olds = q._charge_one(self.key, total)
             except BaseException:
                 self.discard()
                 raise
@@ -1202,6 +1286,8 @@ class QuotaWriter(io.BufferedIOBase):
 
     def __del__(self):
         # Never commit from the garbage collector: an unclosed writer is abandoned.
-        with contextlib.suppress(Exception):
-            if not self._done:
+        if not self._done:
+            try:
                 self.discard()
+            except Exception:
+                pass
