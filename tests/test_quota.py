@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 
 import fsspec
 import pytest
@@ -25,7 +26,7 @@ from aiofs.errors import (
     FileTooLarge, InvalidArgument, IsADirectory, NotADirectory, StorageQuotaExceeded,
 )
 from aiofs.layers import Quota
-from aiofs.layers.quota import STREAM_BUFFER, parse_size
+from aiofs.layers.quota import LEASE_FLUSH_FILES, STREAM_BUFFER, parse_size
 from aiofs.testing.abstract import FsspecAbstractSuite
 from aiofs.testing.conformance import ConformanceSuite
 from aiofs.testing.faults import FaultInjectingFileSystem
@@ -407,6 +408,43 @@ def test_small_writes_use_a_lease_and_a_crash_is_recounted(tmp_path):
     reopened = quota_over_local(tmp_path)  # a dead lease at open: recount
     assert reopened.usage()["used"] == 10_500 and reopened.usage()["reserved"] == 0
     assert_consistent(reopened)
+
+
+def test_lease_files_are_recorded_in_the_background_and_a_failed_recording_is_redone(
+        tmp_path, monkeypatch):
+    """Every LEASE_FLUSH_FILES writes a thread records the lease's files and shrinks the
+    lease row by their bytes in one transaction: another process's view (used + reserved)
+    never drops below what is stored. A recording that fails leaves them pending."""
+    q = quota_over_local(tmp_path)
+    record_files = q._record_files
+    failures = []
+
+    def fail_once_in_the_thread(conn, items):
+        if threading.current_thread().name == "aiofs-quota-record" and not failures:
+            failures.append(len(items))
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+        return record_files(conn, items)
+
+    monkeypatch.setattr(q, "_record_files", fail_once_in_the_thread)
+    stored = 0
+    other = quota_over_local(tmp_path)  # another process's view of the books
+    for i in range(3 * LEASE_FLUSH_FILES):
+        q.pipe_file(f"/lease/{i}", b"l" * 1000)
+        stored += 1000
+        if i % 64 == 0:
+            seen = other.usage()
+            assert seen["used"] + seen["reserved"] >= stored
+    q._background.join()
+    assert failures == [LEASE_FLUSH_FILES]  # the first recording failed; later ones took its files
+    unrecorded = {**(q._unrecorded or {}), **q._pending}
+    conn = sqlite3.connect(q.db_path)
+    recorded = conn.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+    assert recorded + len(unrecorded) == 3 * LEASE_FLUSH_FILES and recorded >= LEASE_FLUSH_FILES
+    lease_row = conn.execute("SELECT bytes FROM reservations WHERE path = '*lease*'").fetchone()[0]
+    assert lease_row == q._lease_left + sum(unrecorded.values())
+    q.flush()
+    assert q.usage()["reserved"] == 0
+    assert_consistent(q)
 
 
 def test_big_bulk_pipe_is_recorded_in_the_background(tmp_path):
