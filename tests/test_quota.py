@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import io
 import itertools
 import json
 import logging
@@ -285,6 +287,53 @@ def test_small_open_writes_go_down_at_close_with_nothing_left_on_error(tmp_path)
         f.write(b"B")
     assert q.cat_file("streamed") == b"B" + b"b" * STREAM_BUFFER
     assert q.cat_file("small") == b"s" * 100
+    assert_consistent(q)
+
+
+def test_small_file_writer_hands_over_to_the_full_writer(tmp_path):
+    """open('wb') of a plain path gives a light writer that sends a small file down as one
+    pipe_file at close; past the buffer, over max_file_size, on a seek or any other file
+    method it hands what it holds to the full writer. Abandoned, it leaves nothing."""
+    q = quota_over_local(tmp_path, max_file_size=2 * STREAM_BUFFER)
+    f = q.open("/light", "wb")
+    assert isinstance(f, io.BufferedIOBase) and f.writable() and f.seekable() and not f.closed
+    assert f.write(b"a" * 10) == 10 and f.write(memoryview(b"bc")) == 2 and f.tell() == 12
+    f.close()
+    assert f.closed and q.cat_file("/light") == b"a" * 10 + b"bc"
+    with pytest.raises(ValueError):
+        f.write(b"x")
+    q.makedirs("/d")
+    f = q.open("/d", "wb")
+    f.write(b"x")
+    with pytest.raises(IsADirectory):
+        f.close()
+    with q.open("/big", "wb") as f:
+        f.write(b"b" * STREAM_BUFFER)
+        f.write(b"c")  # past the buffer
+    assert q.cat_file("/big") == b"b" * STREAM_BUFFER + b"c"
+    f = q.open("/huge", "wb")
+    f.write(b"h" * 100)
+    with pytest.raises(FileTooLarge):
+        f.write(b"h" * 2 * STREAM_BUFFER)  # the crossing write fails
+    assert f.closed and not q.exists("/huge")
+    with q.open("/seek", "wb") as f:
+        f.write(b"xyz")
+        f.seek(0)
+        f.write(b"X")
+        f.writelines([b"1", b"2"])
+    assert q.cat_file("/seek") == b"X12"
+    with q.open("/text.txt", "w", encoding="utf-8") as t:
+        t.write("h\u00e9llo")
+    assert q.cat_file("/text.txt") == "h\u00e9llo".encode()
+    with pytest.raises(RuntimeError):
+        with q.open("/failed.txt", "w") as t:
+            t.write("half")
+            raise RuntimeError("the writer fails half way")
+    f = q.open("/abandoned", "wb")
+    f.write(b"a")
+    del f
+    gc.collect()
+    assert not q.exists("/failed.txt") and not q.exists("/abandoned")
     assert_consistent(q)
 
 

@@ -228,6 +228,16 @@ def _declared_atomic(fs) -> bool:
     return isinstance(declared, frozenset) and ATOMIC_WRITES in declared
 
 
+def _plain_key(path) -> bool:
+    """True for a path a target with ``_fast_keys`` names exactly as it is, outside any
+    INTERNAL_DIR: absolute, with no empty, ``.`` or ``..`` component, no trailing slash,
+    backslash, NUL or protocol colon. Plain substring tests, stricter than ``_UNCLEAN`` (any
+    name starting with a dot fails): on the hot path of small writes they cost less than the
+    regex engine when the CPU comes back cold from the previous write's fsync."""
+    return (type(path) is str and path[:1] == "/" and path[-1] != "/" and "/." not in path
+            and "//" not in path and ":" not in path and "\\" not in path and "\x00" not in path)
+
+
 _HOST = socket.gethostname()
 _PROBE = "/aiofs-probe/dir/file.txt"
 _UNCLEAN = re.compile(r"//|/\.\.?(?:/|$)|/$|\\|\x00|:")
@@ -906,7 +916,10 @@ class Quota(Layer):
     def open(self, path, mode="rb", block_size=None, cache_options=None, compression=None, **kwargs):
         if mode == "wb" and block_size is None and compression is None and not kwargs \
                 and not self._intrans:
-            # the hot path of small writes: fsspec's open has nothing to add to it
+            # the hot path of small writes: fsspec's open has nothing to add to it, and a
+            # plain counted path on an atomic target needs none of _open's checks
+            if self._fast_keys and self._atomic_target and _plain_key(path):
+                return SmallFileWriter(self, path)
             return self._open(self._strip_protocol(path), mode)
         return super().open(path, mode, block_size=block_size, cache_options=cache_options,
                             compression=compression, **kwargs)
@@ -936,10 +949,7 @@ class Quota(Layer):
         return QuotaWriter(self, path, key, open_target(), initial=initial, existed=existed)
 
     def pipe_file(self, path, value, mode="overwrite", **kwargs):
-        # The common case, inlined (this is the hot path of small writes): a counted path the
-        # target names as it is. Plain substring tests, stricter than _UNCLEAN: any name
-        # starting with a dot (also every INTERNAL_DIR) takes the slow path. Cheaper than the
-        # regex engine when the CPU comes back cold from the previous write's fsync.
+        # _plain_key inlined (a call costs here: this is the hot path of small writes)
         if self._fast_keys and type(path) is str and path[:1] == "/" and path[-1] != "/" \
                 and "/." not in path and "//" not in path and ":" not in path \
                 and "\\" not in path and "\x00" not in path:
@@ -1063,8 +1073,8 @@ class QuotaWriter(io.BufferedIOBase):
 
     The first ``STREAM_BUFFER`` bytes stay in memory; a file that ends within them is
     charged in one transaction at ``close`` (before its bytes are handed to the target).
-    Given an ``opener`` instead of a ``target``, the target file is opened only when the
-    buffer is left, and a file that ends within it goes down as one ``pipe_file``: errors
+    Without a ``target``, the target file is opened (by ``opener``, or as a plain ``wb``
+    file) only when the buffer is left, and a file that ends within it goes down as one ``pipe_file``: errors
     of the target (a directory in the way) then surface at ``close``, with nothing stored.
     Past that, space is reserved in growing chunks before bytes go down. A ``write`` that
     would cross ``max_file_size`` or the quota raises before any of its bytes go down, and
@@ -1079,11 +1089,13 @@ class QuotaWriter(io.BufferedIOBase):
     _reserved = 0          # bytes covered by the reservation (size, beyond the credit)
     _credit = 0
     _done = False
+    _opener: Callable[[], Any] | None = None
 
     def __init__(self, quota: Quota, path: str, key: str, target, initial: int, existed: bool,
                  opener: Callable[[], Any] | None = None):
         self.quota, self.path, self.key, self.target = quota, path, key, target
-        self._opener = opener
+        if opener is not None:
+            self._opener = opener
         self.initial = initial  # bytes already in the file (append mode)
         self.existed = existed
         self._buffer: bytearray | None = bytearray()
@@ -1154,7 +1166,8 @@ class QuotaWriter(io.BufferedIOBase):
 
     def _open_target(self):
         if self.target is None:
-            self.target = self._opener()
+            opener = self._opener
+            self.target = opener() if opener else self.quota.fs._open(self.path, mode="wb")
         return self.target
 
     def _unbuffer(self, need: int) -> None:
@@ -1291,3 +1304,120 @@ class QuotaWriter(io.BufferedIOBase):
                 self.discard()
             except Exception:
                 pass
+
+
+class SmallFileWriter:
+    """What ``Quota.open(path, 'wb')`` returns for a plain path on an atomic target.
+
+    A file that ends within ``STREAM_BUFFER`` bytes stays in memory and goes down as one
+    ``pipe_file`` at ``close``, charged just before (errors of the target, such as a
+    directory in the way, surface at ``close`` with nothing stored or charged). Anything
+    else (a write past the buffer or over ``max_file_size``, a seek, any other file method)
+    hands over to a :class:`QuotaWriter` holding what was written so far, which then does
+    everything. Not an ``io.IOBase`` subclass (registered as a virtual one): a small write
+    is made of nothing but this object, which costs a fraction of an ``io`` subclass (the
+    hot path of per-file writes, where the CPU comes back cold from each fsync). No
+    finalizer: an abandoned, unclosed small file leaves nothing behind.
+    """
+
+    __slots__ = ("quota", "path", "_buffer", "_closed", "_full")
+
+    def __init__(self, quota: Quota, path: str):
+        self.quota, self.path = quota, path
+        self._buffer = bytearray()
+        self._closed = False
+        self._full: QuotaWriter | None = None
+
+    def _hand_over(self) -> QuotaWriter:
+        """The full writer, holding what was written so far (made on first need)."""
+        if self._full is None:
+            if self._closed:
+                raise ValueError("I/O operation on closed file")
+            full = QuotaWriter(self.quota, self.path, self.path, None, initial=0, existed=True)
+            buffered, self._buffer = self._buffer, None
+            self._full = full
+            if buffered:
+                full.write(buffered)
+        return self._full
+
+    def write(self, data) -> int:
+        buffer = self._buffer
+        if buffer is not None and not self._closed:
+            n = len(data) if type(data) is bytes else memoryview(data).nbytes
+            size = len(buffer) + n
+            limit = self.quota.max_file_size
+            if size <= STREAM_BUFFER and (limit is None or size <= limit):
+                buffer += data
+                return n
+        return self._hand_over().write(data)
+
+    def close(self) -> None:
+        """Charge the file and hand it to the target in one ``pipe_file``."""
+        if self._full is not None:
+            return self._full.close()
+        if self._closed:
+            return
+        self._closed = True
+        data, self._buffer = self._buffer, None
+        q = self.quota
+        token = q._charge_one(self.path, len(data))
+        try:
+            q.fs.pipe_file(self.path, bytes(data))
+        except BaseException:
+            q._refund(token)
+            raise
+        q._written(token)
+
+    def discard(self) -> None:
+        """Abandon the write: nothing is stored or charged."""
+        if self._full is not None:
+            return self._full.discard()
+        self._closed = True
+        self._buffer = None
+
+    def __enter__(self) -> SmallFileWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.discard()
+        else:
+            self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._full.closed if self._full is not None else self._closed
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        if self._full is not None:
+            return self._full.tell()
+        if self._closed:
+            raise ValueError("I/O operation on closed file")
+        return len(self._buffer)
+
+    def flush(self) -> None:
+        if self._full is not None:
+            return self._full.flush()
+        if self._closed:
+            raise ValueError("I/O operation on closed file")
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._hand_over().seek(offset, whence)
+
+    def __getattr__(self, name: str):
+        # every other file method (writelines, truncate, fileno, ...) is the full writer's
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._hand_over(), name)
+
+
+io.BufferedIOBase.register(SmallFileWriter)
