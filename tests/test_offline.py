@@ -881,3 +881,20 @@ def test_an_answer_to_a_call_made_before_going_offline_does_not_switch_back(tmp_
     flaky.plug()
     assert fs.probe(attempts=1) and fs.online  # an answer asked after the switch counts
     fs.close()
+
+
+def test_an_upload_does_not_set_the_base_of_a_write_after_a_tree_op_above_it(tmp_path):
+    """Regression: a file was uploaded, its directory deleted, another directory moved to
+    where it was, and the moved file written; the first upload's completion handed its
+    stamp to that write as base, though the delete and the move came between: once they
+    landed the remote held the moved file, so the write became a conflicted copy of itself."""
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, syncer=False)
+    fs.pipe_file("/r/d1/d0/f1", b"replaced by the move")
+    fs.pipe_file("/r/d0/f1", b"moved")
+    fs.rm("/r/d1", recursive=True)
+    fs.mv("/r/d0", "/r/d1/d0", recursive=True)
+    with fs.open("/r/d1/d0/f1", "wb") as f:
+        f.write(b"ours")
+    fs.sync(wait=True, timeout=SYNC_TIMEOUT)
+    assert remote_files(disk, "/r") == {"d1/d0/f1": b"ours"}  # no conflicted copy
+    fs.close()

@@ -39,6 +39,16 @@ CONCRETE = lambda base: base not in (None, "@chain", "@any")  # noqa: E731
 COMPARE_CHUNK = 8 << 20
 
 
+def _tree_op_above(conn, key: str, before: int | None = None) -> bool:
+    """A queued delete or move (either end) of a directory above ``key``, queued before
+    operation ``before`` (any, if ``None``)."""
+    return conn.execute(
+        "SELECT 1 FROM ops WHERE kind IN ('rmtree', 'mvtree') AND (? IS NULL OR seq < ?) AND "
+        "(substr(?, 1, length(path) + 1) = path || '/' OR "
+        "(path2 IS NOT NULL AND substr(?, 1, length(path2) + 1) = path2 || '/')) LIMIT 1",
+        (before, before, key, key)).fetchone() is not None
+
+
 class Syncer:
     """The uploader thread of one Offline layer (see the module docstring)."""
 
@@ -603,10 +613,15 @@ class Syncer:
     @staticmethod
     def _resolve_chain(conn, key: str, base: str | None) -> None:
         """The next queued upload of ``key``, if based on "whatever came before", now has a
-        concrete base."""
-        conn.execute(
-            "UPDATE ops SET base = ? WHERE base = '@chain' AND kind = 'put' AND seq = "
-            "(SELECT MIN(seq) FROM ops WHERE path = ? OR path2 = ?)", (base or "@any", key, key))
+        concrete base; unless a delete or move of a directory above ``key`` is queued before
+        it: that comes first (and its completion makes the base ``@any``). The file the
+        upload replaces is then not the one this base describes."""
+        following = conn.execute("SELECT MIN(seq) FROM ops WHERE path = ? OR path2 = ?",
+                                 (key, key)).fetchone()[0]
+        if following is None or _tree_op_above(conn, key, before=following):
+            return
+        conn.execute("UPDATE ops SET base = ? WHERE base = '@chain' AND kind = 'put' AND seq = ?",
+                     (base or "@any", following))
 
     def _done(self, layer, op, stamp) -> None:
         self._done_many(layer, [(op, stamp)])
@@ -637,7 +652,9 @@ class Syncer:
                     if kind == "mv" or row["blob"] == op["blob"]:
                         conn.execute("UPDATE entries SET stamp = ?, validated = ? WHERE path = ?",
                                      (stamp, now, target))
-                    else:
+                    elif not _tree_op_above(conn, target):
+                        # a newer local version of the same file: based on what we uploaded
+                        # (after a queued delete or move above it, the file there is another)
                         conn.execute("UPDATE entries SET stamp = ? WHERE path = ?", (stamp, target))
                 if row is not None and not layer._pending_on(conn, target):
                     conn.execute("UPDATE entries SET dirty = 0 WHERE path = ?", (target,))
