@@ -54,3 +54,21 @@ def test_sigkilled_writers_never_corrupt_the_store(tmp_path):
 
 def _paths(journal, wanted) -> list[str]:
     return sorted(p for p in set(journal.done) | set(journal.begun) if wanted(p))
+
+
+def test_journal_allows_every_write_begun_since_the_last_done(tmp_path):
+    """Regression (a flaky failure of the test above): a shared file's write landed but its
+    writer was killed before journaling it done; the next writer began another write of it
+    and was killed before that one landed. The file then rightly holds the first content,
+    which the journal had forgotten (it kept only the last write begun)."""
+    journal = tmp_path / "journal"
+    h = {n: f"{n:064x}" for n in range(4)}
+    journal.write_text(f"D\t/shared0\t{h[0]}\nB\t/shared0\t{h[1]}\nB\t/shared0\t{h[2]}\n"
+                       f"B\t/other\t{h[3]}\nD\t/other\t{h[3]}\nB\t/torn\t{h[1][:9]}")
+    parsed = read_journal(str(journal))
+    assert parsed.allowed("/shared0") == {h[0], h[1], h[2]}
+    assert parsed.allowed("/other") == {h[3]} and parsed.allowed("/torn") == set()
+    with journal.open("a") as f:
+        f.write(f"\nD\t/shared0\t{h[2]}\n")  # a later write landed: the earlier ones are gone
+    assert read_journal(str(journal)).allowed("/shared0") == {h[2]}
+

@@ -7,8 +7,8 @@ overwriting a file written before. Before a write the writer journals ``B<TAB>pa
 blake3`` lines, after it returns ``D`` lines, fsynced. The parent kills the writer at a
 random moment, then calls ``verify(fs, journal, writer_seed)`` with a fresh stack and
 the :class:`Journal` (the killed writer's own files are below ``/s<writer_seed>/``): every file closed before the kill must read back intact (its last ``D``
-content, or the content begun after it, if that write finished unjournaled), and anything
-else the caller checks (``Dedup.check``...).
+content, or any content begun after it: such a write may have finished unjournaled, also
+in an earlier writer), and anything else the caller checks (``Dedup.check``...).
 
 ``factory`` must pickle (a module-level function, or a ``functools.partial`` of one):
 ``factory(seed)`` returns a filesystem.
@@ -65,22 +65,27 @@ def _journal(fd: int, kind: str, files: dict[str, bytes]) -> None:
 
 
 class Journal:
-    """What the writers claimed: ``done[path]`` (closed before the kill) and ``begun[path]``
-    (a write started after the last ``done`` of that path, unfinished or unjournaled)."""
+    """What the writers claimed: ``done[path]`` (the last write closed before a kill) and
+    ``begun[path]`` (every write of that path started after it, unfinished or unjournaled:
+    each one may have landed, so shared paths, written by one killed writer after another,
+    can hold any of them)."""
 
-    def __init__(self, done: dict[str, str], begun: dict[str, str]):
+    def __init__(self, done: dict[str, str], begun: dict[str, set[str]]):
         self.done = done
         self.begun = begun
 
     def allowed(self, path: str) -> set[str]:
         """The content hashes ``path`` may have now."""
-        return {h for h in (self.done.get(path), self.begun.get(path)) if h}
+        allowed = set(self.begun.get(path, ()))
+        if path in self.done:
+            allowed.add(self.done[path])
+        return allowed
 
 
 def read_journal(journal: str) -> Journal:
     """Parse a journal file (a torn last line is ignored)."""
     done: dict[str, str] = {}
-    begun: dict[str, str] = {}
+    begun: dict[str, set[str]] = {}
     try:
         with open(journal, "rb") as f:
             text = f.read().decode(errors="replace")
@@ -92,11 +97,10 @@ def read_journal(journal: str) -> Journal:
         if len(digest) != 64:
             continue
         if kind == "B":
-            begun[path] = digest
-        elif kind == "D":
+            begun.setdefault(path, set()).add(digest)
+        elif kind == "D":  # the newest write that landed: what began before it is gone
             done[path] = digest
-            if begun.get(path) == digest:
-                del begun[path]
+            begun.pop(path, None)
     return Journal(done, begun)
 
 
