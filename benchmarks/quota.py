@@ -6,7 +6,10 @@ Contenders, all on the same local disk, durable writes (fsync) for all:
 * ``quota``: ``Quota(LocalBackend)`` with limits far above the data (so every write is
   checked, reserved and recorded in SQLite, and none is refused);
 * ``vq``: ``Validate(Quota(LocalBackend))``, the top of the recommended default stack
-  (magic-byte check of each file's first 8 KiB, then the quota).
+  (magic-byte check of each file's first 8 KiB, then the quota);
+* ``local2``: a second ``LocalBackend`` instance, an A/A control: its ratio to ``local``
+  (informational) shows how far this run's noise alone moves a ratio, so a run shows its
+  own resolution next to the 5 % target.
 
 Target (from the issue): Quota(LocalBackend) write throughput >= 0.95x LocalBackend, i.e.
 quota / local time <= 1.053, on every non-informational row. Write rows are timed until
@@ -36,7 +39,7 @@ NAME = "quota"
 SUMMARY = "Quota(LocalBackend) and Validate(Quota(LocalBackend)) write throughput vs LocalBackend"
 
 TARGET = 1 / 0.95  # time ratio: throughput at least 0.95x
-KEYS = ("local", "quota", "vq")
+KEYS = ("local", "local2", "quota", "vq")
 OVERVIEW_TARGET = 1.0  # seconds: `aiofs overview` on the --files store
 OVERVIEW_KINDS = (".txt", ".py", ".md", ".csv", ".json", ".svg", ".bin", ".log")
 
@@ -75,6 +78,7 @@ def make_filesystems(base: str) -> dict:
 
     return {
         "local": LocalBackend(f"{base}/store", skip_instance_cache=True),
+        "local2": LocalBackend(f"{base}/store", skip_instance_cache=True),
         "quota": quota(),
         "vq": Validate(fs=quota()),
     }
@@ -91,6 +95,8 @@ def run(args: argparse.Namespace) -> Report:
                f"{args.files:,} x {args.file_kib} KiB files; timed until durable"),
         contenders=[
             Contender("local", "LocalBackend", "aiofs.LocalBackend (atomic, fsync per write)"),
+            Contender("local2", "LocalBackend\n(A/A)",
+                      "a second aiofs.LocalBackend instance: the noise control"),
             Contender("quota", "Quota(\nLocalBackend)",
                       "aiofs.layers.Quota(fs=LocalBackend(root)), SQLite state in WAL mode"),
             Contender("vq", "Validate(Quota(\nLocalBackend))",
@@ -101,6 +107,7 @@ def run(args: argparse.Namespace) -> Report:
         ],
         ratios=[
             Ratio("quota", "local", "Quota /\nLocalBackend", TARGET),
+            Ratio("local2", "local", "A/A: noise\nof this run"),
             Ratio("vq", "local", "Validate+Quota /\nLocalBackend"),
             Ratio("default", "local", "overview /\none find"),
         ],
@@ -278,7 +285,8 @@ def _run_rows(report: Report, base: str, args, large_size: int, file_size: int) 
     fss["vq"].fs.flush()  # the other instance records the files written on its lease
     usage = quota.usage()
     stored = sum(e["size"] for name, e in quota.fs.find("", detail=True).items()
-                 if e["type"] == "file" and not posixpath.dirname(name).endswith("-local"))
+                 if e["type"] == "file"
+                 and not posixpath.dirname(name).endswith(("-local", "-local2")))
     assert usage["used"] == stored and usage["reserved"] == 0, (usage, stored)
     report.parameters["quota_files_recorded_at_end"] = usage["files"]
 
