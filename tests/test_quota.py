@@ -395,6 +395,29 @@ def _race_worker(q_bytes, worker, barrier, results):
     results.put((worker, stored))
 
 
+def test_a_forked_child_starts_without_the_parents_lease(tmp_path):
+    """The same Quota object in a forked child: the parent's lease and pending files are
+    not the child's (it takes its own lease, records only its own file)."""
+    q = quota_over_local(tmp_path)
+    for i in range(5):
+        q.pipe_file(f"/parent/{i}", b"p" * 100)  # pending on the parent's lease
+    pid = os.fork()
+    if pid == 0:  # the child: write one file, record it, leave without atexit handlers
+        code = 1
+        try:
+            code = 0 if not q._pending else 2
+            q.pipe_file("/child/0", b"c" * 10)
+            q.flush()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert q._pending.keys() == {f"/parent/{i}" for i in range(5)}
+    q.flush()
+    assert q.usage()["used"] == 510 and q.usage()["reserved"] == 0
+    assert_consistent(q)
+
+
 @pytest.mark.parametrize("limit", [5_000_000, 40_000_000])  # the larger one uses leases first
 def test_two_processes_racing_never_exceed_the_quota(tmp_path, limit):
     q = quota_over_local(tmp_path, max_bytes=limit, max_file_size=None)

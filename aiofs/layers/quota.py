@@ -111,18 +111,15 @@ def _settle_all() -> None:
                 quota.flush()
 
 
-_pid = os.getpid()  # this process, kept here: no getpid() system call per small write
-
-
 def _after_fork_in_child() -> None:
-    """A forked child is a new process: leases are checked against its pid, and a lock a
-    parent thread held at the fork would never be released here."""
-    global _pid
-    _pid = os.getpid()
+    """A forked child is a new process: the parent's lease, pending files and recording
+    thread are not its own, and a lock a parent thread held at the fork would never be
+    released here. (Done once here, not checked on every write.)"""
     for ref in list(_LIVE):
         quota = ref()
         if quota is not None:
             quota._lease_lock = threading.RLock()
+            quota._reset_lease()
 
 
 if hasattr(os, "register_at_fork"):  # POSIX
@@ -295,7 +292,6 @@ class Quota(Layer):
                                               pragmas=("wal_autocheckpoint = 8192",))
         self._callbacks: list[Callable[[dict], None]] = []
         self._lease_lock = threading.RLock()
-        self._lease_pid = None
         self._reset_lease()
         _LIVE[:] = [r for r in _LIVE if r() is not None]
         _LIVE.append(weakref.ref(self))
@@ -563,7 +559,6 @@ class Quota(Layer):
     # -- the per-process lease (fast path for small writes of known size) ----------------------
 
     def _reset_lease(self) -> None:
-        self._lease_pid = _pid
         self._lease_id: int | None = None
         self._lease_left = 0
         self._pending: dict[str, int] = {}
@@ -572,10 +567,6 @@ class Quota(Layer):
         # the lease's files it failed to record come back through ``_unrecorded``
         self._background: threading.Thread | None = None
         self._unrecorded: dict[str, int] | None = None
-
-    def _own_lease(self) -> None:
-        if self._lease_pid != _pid:  # a forked child: the parent's lease is not ours
-            self._reset_lease()
 
     def _record_files(self, conn, items: dict[str, int]) -> int:
         """Inside a transaction: record written files (key -> size) in the books; returns
@@ -685,7 +676,6 @@ class Quota(Layer):
     def flush(self) -> None:
         """Record the files this process wrote on its lease and give the lease back."""
         with self._lease_lock:
-            self._own_lease()
             self._join_background()
             if self._pending or self._lease_id is not None:
                 self._lease_tx(None)
@@ -727,7 +717,6 @@ class Quota(Layer):
         thread = threading.Thread(target=self._record_batch, args=(items, rid),
                                   name="aiofs-quota-batch")
         with self._lease_lock:
-            self._own_lease()
             self._join_background()
             self._background = thread
         thread.start()
@@ -758,8 +747,6 @@ class Quota(Layer):
         unless the lease is short or ``max_files`` needs every file counted at once."""
         if self.max_files is None:
             with self._lease_lock:
-                if self._lease_pid != _pid:
-                    self._reset_lease()  # a forked child: the parent's lease is not ours
                 if size > self._lease_left:
                     self._check_file_size(key, size)
                     if not self._lease_tx(size):
@@ -784,7 +771,6 @@ class Quota(Layer):
         if (len(self._pending) >= LEASE_FLUSH_FILES
                 or time.monotonic() - self._pending_since > LEASE_FLUSH_SECONDS):
             with self._lease_lock:
-                self._own_lease()
                 background = self._background
                 if self._pending and (background is None or not background.is_alive()):
                     self._record_in_background()
@@ -795,7 +781,7 @@ class Quota(Layer):
             return self._refund_tx(token[1])
         _, key, size, previous = token
         with self._lease_lock:
-            if self._lease_pid == _pid and self._pending.get(key, _MISSING) == size:
+            if self._pending.get(key, _MISSING) == size:
                 if previous is _MISSING:
                     del self._pending[key]
                 else:
