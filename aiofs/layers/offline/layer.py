@@ -487,11 +487,20 @@ class Offline(Layer):
         if conn.execute("SELECT 1 FROM ops WHERE path = ? OR path2 = ? LIMIT 1",
                         (key, key)).fetchone():
             return True
-        for a in self._ancestors(key):
-            if conn.execute("SELECT 1 FROM ops WHERE kind IN ('rmtree','mvtree') AND "
-                            "(path = ? OR path2 = ?) LIMIT 1", (a, a)).fetchone():
-                return True
-        return False
+        return self._tree_op_above(conn, key)
+
+    def _tree_op_above(self, conn, key: str, after: int | None = None,
+                       before: int | None = None) -> bool:
+        """A queued delete or move (either end) of a directory above ``key``, queued after
+        operation ``after`` and before operation ``before`` (each bound optional)."""
+        ancestors = self._ancestors(key)
+        if not ancestors:
+            return False
+        marks = ",".join("?" * len(ancestors))
+        return conn.execute(
+            f"SELECT 1 FROM ops WHERE kind IN ('rmtree', 'mvtree') AND (path IN ({marks}) OR "
+            f"path2 IN ({marks})) AND (? IS NULL OR seq > ?) AND (? IS NULL OR seq < ?) LIMIT 1",
+            (*ancestors, *ancestors, after, after, before, before)).fetchone() is not None
 
     def _protected(self, conn, key: str) -> bool:
         """Queued operations touch ``key``, something below it, or a tree above it: the
@@ -1136,10 +1145,8 @@ class Offline(Layer):
         if last is None or last["kind"] != "put" or last["path"] != key or last["state"] != "queued" \
                 or last["attempts"] > 0:
             return None
-        for a in self._ancestors(key):
-            if conn.execute("SELECT 1 FROM ops WHERE seq > ? AND kind IN ('rmtree','mvtree') AND "
-                            "(path = ? OR path2 = ?) LIMIT 1", (last["seq"], a, a)).fetchone():
-                return None
+        if self._tree_op_above(conn, key, after=last["seq"]):
+            return None
         conn.execute("DELETE FROM ops WHERE seq = ?", (last["seq"],))
         return last
 

@@ -39,16 +39,6 @@ CONCRETE = lambda base: base not in (None, "@chain", "@any")  # noqa: E731
 COMPARE_CHUNK = 8 << 20
 
 
-def _tree_op_above(conn, key: str, before: int | None = None) -> bool:
-    """A queued delete or move (either end) of a directory above ``key``, queued before
-    operation ``before`` (any, if ``None``)."""
-    return conn.execute(
-        "SELECT 1 FROM ops WHERE kind IN ('rmtree', 'mvtree') AND (? IS NULL OR seq < ?) AND "
-        "(substr(?, 1, length(path) + 1) = path || '/' OR "
-        "(path2 IS NOT NULL AND substr(?, 1, length(path2) + 1) = path2 || '/')) LIMIT 1",
-        (before, before, key, key)).fetchone() is not None
-
-
 class Syncer:
     """The uploader thread of one Offline layer (see the module docstring)."""
 
@@ -503,8 +493,8 @@ class Syncer:
             conn.execute("DELETE FROM ops WHERE seq = ?", (op["seq"],))
             self._record(conn, dst, copy, "kept-both",
                          f"moved here from {src!r}; the remote had a new file here: ours is the copy")
-            self._resolve_chain(conn, src, "absent")
-            self._resolve_chain(conn, dst, op["base"])  # a later edit here conflicts the same way
+            self._resolve_chain(layer, conn, src, "absent")
+            self._resolve_chain(layer, conn, dst, op["base"])  # a later edit here conflicts the same way
             released = []
             row = layer._row(conn, dst)
             layer._ensure_parents(conn, copy, now, local=False)
@@ -555,7 +545,7 @@ class Syncer:
                 conn.execute("DELETE FROM ops WHERE seq = ?", (op["seq"],))
                 self._record(conn, key, None, "remote-won", f"policy {layer.conflict_policy}: "
                              f"the local edit of {op['size']} bytes was dropped")
-                self._resolve_chain(conn, key, stamp_of(remote) if remote else "absent")
+                self._resolve_chain(layer, conn, key, stamp_of(remote) if remote else "absent")
                 released = [op["blob"]]
                 if not layer._pending_on(conn, key):
                     row = layer._row(conn, key)
@@ -585,7 +575,7 @@ class Syncer:
             self._record(conn, key, copy, "kept-both",
                          "the remote changed since this edit's base; the edit is the copy")
             # a later queued edit of the same file conflicts the same way
-            self._resolve_chain(conn, key, op["base"])
+            self._resolve_chain(layer, conn, key, op["base"])
             released = []
             if not layer._pending_on(conn, key):
                 row = layer._row(conn, key)
@@ -611,14 +601,14 @@ class Syncer:
     # -- completion ------------------------------------------------------------------------
 
     @staticmethod
-    def _resolve_chain(conn, key: str, base: str | None) -> None:
+    def _resolve_chain(layer, conn, key: str, base: str | None) -> None:
         """The next queued upload of ``key``, if based on "whatever came before", now has a
         concrete base; unless a delete or move of a directory above ``key`` is queued before
         it: that comes first (and its completion makes the base ``@any``). The file the
         upload replaces is then not the one this base describes."""
         following = conn.execute("SELECT MIN(seq) FROM ops WHERE path = ? OR path2 = ?",
                                  (key, key)).fetchone()[0]
-        if following is None or _tree_op_above(conn, key, before=following):
+        if following is None or layer._tree_op_above(conn, key, before=following):
             return
         conn.execute("UPDATE ops SET base = ? WHERE base = '@chain' AND kind = 'put' AND seq = ?",
                      (base or "@any", following))
@@ -635,14 +625,14 @@ class Syncer:
                 kind, key = op["kind"], op["path"]
                 if kind == "put":
                     target = key
-                    self._resolve_chain(conn, key, stamp)
+                    self._resolve_chain(layer, conn, key, stamp)
                 elif kind == "mv":
                     target = op["path2"]
-                    self._resolve_chain(conn, target, stamp)
-                    self._resolve_chain(conn, key, "absent")
+                    self._resolve_chain(layer, conn, target, stamp)
+                    self._resolve_chain(layer, conn, key, "absent")
                 else:
                     target = key
-                    self._resolve_chain(conn, key, "absent" if kind.startswith("rm") else None)
+                    self._resolve_chain(layer, conn, key, "absent" if kind.startswith("rm") else None)
                     if kind in ("rmtree", "mvtree"):
                         scope = op["path2"] if kind == "mvtree" else key
                         conn.execute("UPDATE ops SET base = '@any' WHERE base = '@chain' AND "
@@ -652,7 +642,7 @@ class Syncer:
                     if kind == "mv" or row["blob"] == op["blob"]:
                         conn.execute("UPDATE entries SET stamp = ?, validated = ? WHERE path = ?",
                                      (stamp, now, target))
-                    elif not _tree_op_above(conn, target):
+                    elif not layer._tree_op_above(conn, target):
                         # a newer local version of the same file: based on what we uploaded
                         # (after a queued delete or move above it, the file there is another)
                         conn.execute("UPDATE entries SET stamp = ? WHERE path = ?", (stamp, target))
