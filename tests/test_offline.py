@@ -811,14 +811,8 @@ def test_an_upload_whose_answer_was_lost_is_not_coalesced_away(tmp_path):
     fs.close()
 
 
-def test_a_conflicting_move_whose_answer_was_lost_never_lands_over_theirs(tmp_path):
-    """The move of ours to the conflicted copy lands, but its answer is lost: the retry finds
-    the source gone and uploads our data under a copy name, never over their file."""
-    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, syncer=False)
-    disk.pipe_file("/r/a.txt", b"ours")
-    assert fs.find("/r") == ["/r/a.txt"]
-    fs.mv("/r/a.txt", "/r/b.txt")
-    disk.pipe_file("/r/b.txt", b"theirs")
+def lose_the_answer_of_the_next_mv(flaky) -> None:
+    """The next ``mv`` on the remote lands, but its caller gets a connection error."""
     real_mv = flaky.mv
 
     def mv_then_lose_the_answer(*args, **kwargs):
@@ -827,6 +821,17 @@ def test_a_conflicting_move_whose_answer_was_lost_never_lands_over_theirs(tmp_pa
         raise ConnectionError("answer lost")
 
     flaky.mv = mv_then_lose_the_answer
+
+
+def test_a_conflicting_move_whose_answer_was_lost_never_lands_over_theirs(tmp_path):
+    """The move of ours to the conflicted copy lands, but its answer is lost: the retry finds
+    the source gone and uploads our data under a copy name, never over their file."""
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, syncer=False)
+    disk.pipe_file("/r/a.txt", b"ours")
+    assert fs.find("/r") == ["/r/a.txt"]
+    fs.mv("/r/a.txt", "/r/b.txt")
+    disk.pipe_file("/r/b.txt", b"theirs")
+    lose_the_answer_of_the_next_mv(flaky)
     fs.sync(wait=True, timeout=SYNC_TIMEOUT)
     remote = remote_files(disk, "/r")
     assert remote.pop("b.txt") == b"theirs"
@@ -840,14 +845,7 @@ def test_a_move_whose_answer_was_lost_is_not_a_conflict_with_itself(tmp_path):
     disk.pipe_file("/r/a.txt", b"ours")
     assert fs.find("/r") == ["/r/a.txt"]
     fs.mv("/r/a.txt", "/r/b.txt")
-    real_mv = flaky.mv
-
-    def mv_then_lose_the_answer(*args, **kwargs):
-        del flaky.mv
-        real_mv(*args, **kwargs)
-        raise ConnectionError("answer lost")
-
-    flaky.mv = mv_then_lose_the_answer
+    lose_the_answer_of_the_next_mv(flaky)
     fs.sync(wait=True, timeout=SYNC_TIMEOUT)
     assert remote_files(disk, "/r") == {"b.txt": b"ours"} and fs.conflicts() == []
     fs.close()
