@@ -580,10 +580,6 @@ class Quota(Layer):
                      (change, len(items) - len(olds)))
         return change
 
-    def _write_pending(self, conn) -> int:
-        """Inside a transaction: record the pending files; returns the change of ``used``."""
-        return self._record_files(conn, self._pending)
-
     def _join_background(self) -> None:
         """Under the lease lock: wait for the recording thread, if any; files of the lease it
         failed to record are pending again. (That thread never takes the lease lock.)"""
@@ -633,7 +629,7 @@ class Quota(Layer):
         pending = dict(self._pending)
         try:
             with self._tx() as conn:
-                self._write_pending(conn)
+                self._record_files(conn, self._pending)
                 self._pending = {}
                 used, _, fired, reserved, _ = self._state(conn)
                 own = 0
