@@ -85,7 +85,11 @@ DEFAULT_THRESHOLDS = (0.8, 0.9, 1.0)
 # A stream keeps its first bytes in memory: a small file opened with open('wb') then costs
 # one transaction at close, like pipe_file, instead of a reservation and a commit.
 STREAM_BUFFER = 256 << 10
+# A streaming write reserves ahead in chunks: the first MIN_RESERVATION, then each chunk
+# doubles what is reserved, by at most MAX_RESERVATION at a time, so a file of any size
+# takes a handful of reservation transactions (not one per write past MAX_RESERVATION).
 MIN_RESERVATION = 4 << 20
+MAX_RESERVATION = 256 << 20
 # Small writes of known size draw on a per-process lease (a reservation row) instead of a
 # transaction each; their rows are recorded in batches. A lease is at most LEASE_MAX and at
 # most 1/LEASE_SHARE of the free space, so near the limit every write is checked exactly.
@@ -124,8 +128,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-MAX_RESERVATION = 256 << 20
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
@@ -1165,7 +1167,8 @@ class QuotaWriter(io.BufferedIOBase):
 
     def _grow(self, need: int) -> None:
         q = self.quota
-        want = max(need, MIN_RESERVATION, min(2 * self._reserved, MAX_RESERVATION))
+        step = min(max(self._reserved, MIN_RESERVATION), MAX_RESERVATION)
+        want = max(need, self._reserved + step)
         if q.max_file_size is not None:
             want = min(want, max(need, q.max_file_size - self.initial))
         now = time.time()
