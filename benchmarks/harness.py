@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,6 +200,53 @@ def measure(
     return runs
 
 
+def measure_interleaved(
+    steps: Mapping[str, Callable[[int], Any]],
+    count: int,
+    block: int,
+    setup: Callable[[int], Any] | None = None,
+    finish: Callable[[], Any] | None = None,
+    finish_charged_to: Iterable[str] = (),
+) -> dict[str, list[float]]:
+    """Time many small steps (one file write each), interleaved; returns seconds per block.
+
+    Step ``i`` of every contender runs back to back (``steps[name](i)``, the starting
+    contender rotating with ``i``), so a change of disk latency, which on a shared VM moves
+    per-file times by tens of percent within seconds, hits every contender alike; with
+    contenders taking turns a block at a time it decided which of them a burst hit.
+    ``setup(b)`` runs untimed before block ``b``. ``finish()`` runs after each block (an
+    ``os.sync()`` to make everything durable); it is timed and its seconds are added to each
+    contender of ``finish_charged_to``: the ones that may leave unsynced state behind (the
+    others sync everything themselves). Each contender's list holds one total per block of
+    ``block`` steps, paired block by block with the other contenders'.
+    """
+    names = list(steps)
+    charged = set(finish_charged_to)
+    clock = time.perf_counter
+    runs: dict[str, list[float]] = {name: [] for name in names}
+    for first in range(0, count, block):
+        if setup is not None:
+            setup(first // block)
+        gc.collect()
+        totals = dict.fromkeys(names, 0.0)
+        for i in range(first, min(first + block, count)):
+            shift = i % len(names)
+            for name in names[shift:] + names[:shift]:
+                step = steps[name]
+                start = clock()
+                step(i)
+                totals[name] += clock() - start
+        if finish is not None:
+            start = clock()
+            finish()
+            spent = clock() - start
+            for name in charged:
+                totals[name] += spent
+        for name in names:
+            runs[name].append(totals[name])
+    return runs
+
+
 # -- reports -----------------------------------------------------------------------------------
 
 
@@ -212,21 +259,35 @@ class Contender:
     description: str = ""
 
 
+BEST = "best"
+PAIRED_MEDIAN = "paired median"
+
+
 @dataclass
 class Ratio:
-    """A ratio column ``numerator / denominator`` of best seconds (lower is better).
+    """A ratio column ``numerator / denominator`` (lower is better).
 
     ``target``, when set, is the maximum allowed on rows that are not informational.
+    ``statistic`` says how runs become one figure:
+
+    * ``BEST``: best (lowest) seconds of one over best seconds of the other;
+    * ``PAIRED_MEDIAN``: the median over repetitions of the ratio of the two runs of the
+      same repetition (:func:`measure` runs contenders back to back in each one). A burst
+      of disk latency then spoils one pair, which the median drops, instead of setting or
+      missing a contender's best. Use it where a run's A/A control shows the best-of ratio
+      moving by more than the target's margin.
     """
 
     numerator: str
     denominator: str
     label: str
     target: float | None = None
+    statistic: str = BEST
 
     @property
     def key(self) -> str:
-        return f"{self.numerator}/{self.denominator}"
+        suffix = "" if self.statistic == BEST else f" ({self.statistic})"
+        return f"{self.numerator}/{self.denominator}{suffix}"
 
 
 @dataclass
@@ -257,6 +318,14 @@ class Row:
 
     def ratio(self, ratio: Ratio) -> float | None:
         """The value of ``ratio`` on this row, or ``None`` if a side is missing."""
+        if ratio.statistic == PAIRED_MEDIAN:
+            nums, dens = self.runs.get(ratio.numerator), self.runs.get(ratio.denominator)
+            if not nums or not dens:
+                return None
+            if len(nums) != len(dens):
+                raise ValueError(f"{self.name}: a paired ratio needs as many runs of "
+                                 f"{ratio.numerator} as of {ratio.denominator}")
+            return statistics.median(n / d for n, d in zip(nums, dens))
         num, den = self.seconds(ratio.numerator), self.seconds(ratio.denominator)
         if num is None or not den:
             return None
@@ -322,6 +391,7 @@ class Report:
             for r in self.ratios:
                 value = row.ratio(r)
                 ratios[r.key] = {
+                    "statistic": r.statistic,
                     "value": value,
                     "target": None if row.informational else r.target,
                     "pass": row.passes(r),
@@ -343,7 +413,9 @@ class Report:
             "title": self.title,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "elapsed_seconds": self.elapsed,
-            "statistic": "best (minimum) of runs; ratios divide best times (lower is better)",
+            "statistic": "seconds are best (minimum) of runs; each ratio names its statistic "
+                         "(best: ratio of best times; paired median: median of per-repetition "
+                         "ratios); lower is better",
             "contenders": {c.key: {"label": " ".join(c.label.split()), "description": c.description}
                            for c in self.contenders},
             "parameters": self.parameters,
@@ -392,11 +464,12 @@ def print_table(report: Report) -> None:
     console = Console()
     if not console.is_terminal:
         # Piped output (CI logs, `| tee`) would otherwise be squeezed into 80 columns.
-        console = Console(width=170)
+        console = Console(width=230)
     table = Table(title=escape(report.title), caption=escape("\n".join(report.notes)),
                   caption_justify="left",
                   show_lines=True)
-    table.add_column("operation", no_wrap=True)
+    # Wrapped at a fixed width so that many ratio columns still get readable headers.
+    table.add_column("operation", max_width=60)
     for c in report.contenders:
         table.add_column(c.label, justify="right")
     for r in report.ratios:
