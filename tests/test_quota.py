@@ -545,6 +545,56 @@ def test_lease_files_are_recorded_in_the_background_and_a_failed_recording_is_re
     assert_consistent(q)
 
 
+def test_a_bulk_pipe_is_recorded_while_the_target_writes(tmp_path, monkeypatch):
+    """The rows go in while the target writes (the books count the files a moment early,
+    never late); the emptied reservation stays until the target is done, so a process
+    that dies in between is recounted; a target that fails has its paths re-read."""
+    q = quota_over_local(tmp_path)
+    other = quota_over_local(tmp_path)  # another process's view
+    conn = sqlite3.connect(q.db_path)
+    target_pipe = q.fs.pipe
+    seen = []
+
+    def pipe_once_recorded(path, value=None, **kwargs):
+        q._background.join()  # the recording started with the write and is done
+        seen.append((other.usage()["used"],
+                     conn.execute("SELECT bytes FROM reservations WHERE path = '*batch*'")
+                     .fetchall()))
+        return target_pipe(path, value, **kwargs)
+
+    monkeypatch.setattr(q.fs, "pipe", pipe_once_recorded)
+    q.pipe({f"/bulk/{i}": b"b" * 1000 for i in range(100)})
+    assert seen == [(100_000, [(0,)])]  # counted before landing; the reservation emptied
+    assert conn.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0
+    assert_consistent(q)
+
+    def land_half_then_fail(path, value=None, **kwargs):
+        target_pipe(dict(list(path.items())[:50]))
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(q.fs, "pipe", land_half_then_fail)
+    with pytest.raises(OSError):
+        q.pipe({f"/failed/{i}": b"f" * 1000 for i in range(100)})
+    assert q.usage()["used"] == 150_000 and q.usage()["reserved"] == 0
+    assert_consistent(q)
+
+    script = textwrap.dedent("""
+        import os, pickle, sys
+        q = pickle.loads(sys.stdin.buffer.read())
+        def die_once_recorded(path, value=None, **kwargs):
+            q._background.join()
+            os._exit(0)  # dies after the rows went in, before anything landed
+        q.fs.pipe = die_once_recorded
+        q.pipe({f"/lost/{i}": b"x" * 1000 for i in range(100)})
+    """)
+    monkeypatch.undo()
+    subprocess.run([sys.executable, "-c", script], input=pickle.dumps(q), check=True, timeout=60)
+    assert q.usage()["used"] == 250_000  # counted, though never stored: the safe direction
+    reopened = quota_over_local(tmp_path)  # the dead process's batch reservation: recount
+    assert reopened.usage()["used"] == 150_000 and reopened.usage()["reserved"] == 0
+    assert_consistent(reopened)
+
+
 def test_big_bulk_pipe_is_recorded_in_the_background(tmp_path):
     q = quota_over_local(tmp_path, max_bytes=1_000_000, max_file_size=10_000)
     q.pipe({f"bulk/{i}": b"b" * 1000 for i in range(100)})

@@ -683,9 +683,15 @@ class Quota(Layer):
     # -- bulk pipes: reserve, write, record the rows in the background ---------------------------
 
     def _pipe_in_background(self, path: dict, items: dict[str, int], **kwargs):
-        """A big bulk pipe: one short transaction reserves the space, the target writes, and
-        a background thread records the rows (and drops the reservation) while the caller
-        goes on; every other quota call of this process waits for it first (:meth:`flush`).
+        """A big bulk pipe: one short transaction reserves the space; then, while the target
+        writes, a thread records the rows and empties the reservation in one transaction
+        (so the books may count the files a moment before they land, never after, and never
+        twice); the emptied reservation goes once the target is done, so a process that dies
+        in between leaves it behind, which makes the next open recount. (Recording the rows
+        after the target returned put ~2 us a file on the caller's path, 5-10 % of a bulk
+        write to a local disk.) Every other quota call of this process waits for the
+        recording first (:meth:`flush`); a failed target write waits for it, then records
+        what the target really holds.
         """
         if self.max_file_size is not None and max(items.values()) > self.max_file_size:
             for key, size in items.items():
@@ -705,27 +711,36 @@ class Quota(Layer):
                 "INSERT INTO reservations (path, bytes, new_file, credit, pid, host, created_at, "
                 "updated_at) VALUES (?, ?, 0, 0, ?, ?, ?, ?)",
                 (BATCH_PATH, max(0, total - credit), os.getpid(), _HOST, now, now)).lastrowid
-        try:
-            result = self.fs.pipe(path, **kwargs)
-        except BaseException:
-            with self._tx() as conn:
-                conn.execute("DELETE FROM reservations WHERE id = ?", (rid,))
-            self._resync(list(path))  # a bulk write may have landed in part
-            raise
-        thread = threading.Thread(target=self._record_batch, args=(items, rid),
+        recorded: list[bool] = []
+        thread = threading.Thread(target=self._record_batch, args=(items, rid, recorded),
                                   name="aiofs-quota-batch")
         with self._lease_lock:
             self._join_background()
             self._background = thread
         thread.start()
+        try:
+            result = self.fs.pipe(path, **kwargs)
+        except BaseException:
+            with self._lease_lock:
+                self._join_background()
+            with self._tx() as conn:
+                conn.execute("DELETE FROM reservations WHERE id = ?", (rid,))
+            self._resync(list(path))  # a bulk write may have landed in part
+            raise
+        with self._lease_lock:
+            self._join_background()  # done, mostly, while the target wrote
+        if recorded:  # else the reservation stays and expires, and a recount follows
+            with self._tx() as conn:
+                conn.execute("DELETE FROM reservations WHERE id = ?", (rid,))
         return result
 
-    def _record_batch(self, items: dict[str, int], rid: int) -> None:
+    def _record_batch(self, items: dict[str, int], rid: int, recorded: list[bool]) -> None:
         try:
             with self._tx() as conn:
                 self._record_files(conn, items)
-                conn.execute("DELETE FROM reservations WHERE id = ?", (rid,))
+                conn.execute("UPDATE reservations SET bytes = 0 WHERE id = ?", (rid,))
                 events = self._alerts_in_tx(conn, None)
+            recorded.append(True)
             self._fire(events)
         except Exception:  # the reservation stays (and expires): a recount repairs the books
             log.exception("quota: recording a bulk write failed; run a recount")
