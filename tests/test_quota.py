@@ -595,6 +595,20 @@ def test_a_bulk_pipe_is_recorded_while_the_target_writes(tmp_path, monkeypatch):
     assert_consistent(reopened)
 
 
+def test_rows_of_any_name_are_recorded_exactly(tmp_path):
+    # the rows go to SQLite as one JSON document: names JSON escapes must come back as-is
+    q = quota_over_local(tmp_path)
+    names = ['quote"d', "back\\slash", "tab\tand\nnewline", "é ü 日本",
+             "emoji 🎨", "percent %s {}", "[brackets]", "comma,semi;colon", "\x7fdel", "sp ace"]
+    bulk = {f"/names/{i}-{name}": b"n" * (i + 1) for i, name in enumerate(names * 7)}
+    q.pipe(bulk)
+    q.pipe({f"/names/{i}-{name}": b"m" * 2 for i, name in enumerate(names)})  # overwrites
+    for name in names:
+        q.pipe_file(f"/one/{name}", b"o")
+    q.flush()
+    assert_consistent(q)
+
+
 def test_big_bulk_pipe_is_recorded_in_the_background(tmp_path):
     q = quota_over_local(tmp_path, max_bytes=1_000_000, max_file_size=10_000)
     q.pipe({f"bulk/{i}": b"b" * 1000 for i in range(100)})
