@@ -18,7 +18,7 @@ import threading
 
 import fsspec
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
@@ -28,7 +28,9 @@ from aiofs.errors import (
     FileTooLarge, InvalidArgument, IsADirectory, NotADirectory, StorageQuotaExceeded,
 )
 from aiofs.layers import Quota
-from aiofs.layers.quota import LEASE_FLUSH_FILES, STREAM_BUFFER, parse_size
+from aiofs.layers.quota import (
+    LEASE_FLUSH_FILES, STREAM_BUFFER, _all_plain_keys, _plain_key, parse_size,
+)
 from aiofs.testing.abstract import FsspecAbstractSuite
 from aiofs.testing.conformance import ConformanceSuite
 from aiofs.testing.faults import FaultInjectingFileSystem
@@ -621,6 +623,13 @@ def test_big_bulk_pipe_is_recorded_in_the_background(tmp_path):
         q.pipe({f"big/{i}": b"m" * (10_000 + i) for i in range(100)})
     assert not q.exists("more") and not q.exists("big")
     assert_consistent(q)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.text(alphabet="/.a:\\\x00b", max_size=6), min_size=1, max_size=5))
+def test_a_bulk_write_checks_its_keys_at_once_as_one_by_one(keys):
+    assert _all_plain_keys(keys) == all(_plain_key(k) for k in keys)
+    assert _all_plain_keys(keys + [b"/bytes"]) is False
 
 
 @pytest.mark.parametrize("seed", [7, 11, 23])
