@@ -1128,14 +1128,21 @@ class QuotaWriter(io.BufferedIOBase):
         return self._pos
 
     def write(self, data) -> int:
-        buffer = self._buffer
-        if buffer is not None and self._pos == self._size and not self._done:
-            # the hot path of small files: append to the buffer (checks as below, inlined)
+        if self._pos == self._size and not self._done:
+            # the hot paths, checks as in _write inlined: a small file appends to the buffer;
+            # a stream appends to the target within its reservation (which _grow keeps
+            # within max_file_size)
             n = len(data) if type(data) is bytes else memoryview(data).nbytes
             new_size = self._size + n
-            limit = self.quota.max_file_size
-            if new_size <= STREAM_BUFFER and (limit is None or self.initial + new_size <= limit):
-                buffer += data
+            buffer = self._buffer
+            if buffer is not None:
+                limit = self.quota.max_file_size
+                if new_size <= STREAM_BUFFER and (limit is None or self.initial + new_size <= limit):
+                    buffer += data
+                    self._pos = self._size = new_size
+                    return n
+            elif new_size <= self._reserved and n:
+                self.target.write(data)
                 self._pos = self._size = new_size
                 return n
         return self._write(data)
@@ -1350,6 +1357,9 @@ class SmallFileWriter:
         return self._full
 
     def write(self, data) -> int:
+        full = self._full
+        if full is not None:
+            return full.write(data)
         buffer = self._buffer
         if buffer is not None and not self._closed:
             n = len(data) if type(data) is bytes else memoryview(data).nbytes
