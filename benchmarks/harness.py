@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,8 +205,7 @@ def measure_interleaved(
     count: int,
     block: int,
     setup: Callable[[int], Any] | None = None,
-    finish: Callable[[], Any] | None = None,
-    finish_charged_to: Iterable[str] = (),
+    finish: Mapping[str, Callable[[], Any]] | None = None,
 ) -> dict[str, list[float]]:
     """Time many small steps (one file write each), interleaved; returns seconds per block.
 
@@ -214,19 +213,20 @@ def measure_interleaved(
     contender rotating with ``i``), so a change of disk latency, which on a shared VM moves
     per-file times by tens of percent within seconds, hits every contender alike; with
     contenders taking turns a block at a time it decided which of them a burst hit.
-    ``setup(b)`` runs untimed before block ``b``. ``finish()`` runs after each block (an
-    ``os.sync()`` to make everything durable); it is timed and its seconds are added to each
-    contender of ``finish_charged_to``: the ones that may leave unsynced state behind (the
-    others sync everything themselves). Each contender's list holds one total per block of
-    ``block`` steps, paired block by block with the other contenders'.
+    ``setup(b)`` runs untimed before block ``b`` (make directories, ``os.sync()``).
+    ``finish[name]()`` runs after each block, timed and added to that contender's block:
+    the step that makes durable what the contender left unsynced (its own files only: an
+    ``os.sync()`` here would also flush, and charge one contender for, the others' data).
+    Each contender's list holds one total per block, paired block by block with the others'.
     """
     names = list(steps)
-    charged = set(finish_charged_to)
+    finish = finish or {}
     clock = time.perf_counter
     runs: dict[str, list[float]] = {name: [] for name in names}
     for first in range(0, count, block):
+        number = first // block
         if setup is not None:
-            setup(first // block)
+            setup(number)
         gc.collect()
         totals = dict.fromkeys(names, 0.0)
         for i in range(first, min(first + block, count)):
@@ -236,15 +236,28 @@ def measure_interleaved(
                 start = clock()
                 step(i)
                 totals[name] += clock() - start
-        if finish is not None:
-            start = clock()
-            finish()
-            spent = clock() - start
-            for name in charged:
-                totals[name] += spent
+        shift = number % len(names)
+        for name in names[shift:] + names[:shift]:
+            if name in finish:
+                start = clock()
+                finish[name]()
+                totals[name] += clock() - start
         for name in names:
             runs[name].append(totals[name])
     return runs
+
+
+def fsync_files(*paths: str) -> None:
+    """``fsync`` each of ``paths`` that exists (a contender's own state, at a block's end)."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # -- reports -----------------------------------------------------------------------------------
