@@ -207,12 +207,13 @@ def measure_interleaved(
     setup: Callable[[int], Any] | None = None,
     finish: Mapping[str, Callable[[], Any]] | None = None,
 ) -> dict[str, list[float]]:
-    """Time many small steps (one file write each), interleaved; returns seconds per block.
+    """Time many small steps (a file, a bulk write), interleaved; returns seconds per block.
 
     Step ``i`` of every contender runs back to back (``steps[name](i)``, the starting
-    contender rotating with ``i``), so a change of disk latency, which on a shared VM moves
-    per-file times by tens of percent within seconds, hits every contender alike; with
-    contenders taking turns a block at a time it decided which of them a burst hit.
+    contender rotating from step to step and from block to block), so a change of disk
+    latency, which on a shared VM moves per-file times by tens of percent within seconds,
+    hits every contender alike; with contenders taking turns a block at a time it decided
+    which of them a burst hit.
     ``setup(b)`` runs untimed before block ``b`` (make directories, ``os.sync()``).
     ``finish[name]()`` runs after each block, timed and added to that contender's block:
     the step that makes durable what the contender left unsynced (its own files only: an
@@ -230,7 +231,8 @@ def measure_interleaved(
         gc.collect()
         totals = dict.fromkeys(names, 0.0)
         for i in range(first, min(first + block, count)):
-            shift = i % len(names)
+            # rotate with the block too: the first step after setup's sync is the fastest
+            shift = (number + i - first) % len(names)
             for name in names[shift:] + names[:shift]:
                 step = steps[name]
                 start = clock()

@@ -66,7 +66,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="small files written by each contender, per small-file row")
     parser.add_argument("--file-kib", type=int, default=4, help="small file size (KiB)")
     parser.add_argument("--bulk-files", type=int, default=500, help="files per bulk pipe")
-    parser.add_argument("--bulk-pipes", type=int, default=80,
+    parser.add_argument("--bulk-pipes", type=int, default=160,
                         help="bulk pipes written by each contender")
     parser.add_argument("--bulk-block", type=int, default=4,
                         help="bulk pipes per block (the quota makes its books durable per block)")

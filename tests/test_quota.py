@@ -547,26 +547,26 @@ def test_lease_files_are_recorded_in_the_background_and_a_failed_recording_is_re
     assert_consistent(q)
 
 
-def test_a_bulk_pipe_is_recorded_while_the_target_writes(tmp_path, monkeypatch):
-    """The rows go in while the target writes (the books count the files a moment early,
-    never late); the emptied reservation stays until the target is done, so a process
-    that dies in between is recounted; a target that fails has its paths re-read."""
+def test_a_bulk_pipe_is_recorded_before_it_lands_with_a_marker(tmp_path, monkeypatch):
+    """A big batch is recorded before the target writes it (the books count the files a
+    moment early, never late) with a ``*batch*`` marker that stays until the target is done,
+    so a process that dies in between is recounted; a target that fails has its paths
+    re-read."""
     q = quota_over_local(tmp_path)
     other = quota_over_local(tmp_path)  # another process's view
     conn = sqlite3.connect(q.db_path)
     target_pipe = q.fs.pipe
     seen = []
 
-    def pipe_once_recorded(path, value=None, **kwargs):
-        q._background.join()  # the recording started with the write and is done
+    def pipe_and_look(path, value=None, **kwargs):
         seen.append((other.usage()["used"],
                      conn.execute("SELECT bytes FROM reservations WHERE path = '*batch*'")
                      .fetchall()))
         return target_pipe(path, value, **kwargs)
 
-    monkeypatch.setattr(q.fs, "pipe", pipe_once_recorded)
+    monkeypatch.setattr(q.fs, "pipe", pipe_and_look)
     q.pipe({f"/bulk/{i}": b"b" * 1000 for i in range(100)})
-    assert seen == [(100_000, [(0,)])]  # counted before landing; the reservation emptied
+    assert seen == [(100_000, [(0,)])]  # counted before landing, with the marker
     assert conn.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0
     assert_consistent(q)
 
@@ -583,16 +583,15 @@ def test_a_bulk_pipe_is_recorded_while_the_target_writes(tmp_path, monkeypatch):
     script = textwrap.dedent("""
         import os, pickle, sys
         q = pickle.loads(sys.stdin.buffer.read())
-        def die_once_recorded(path, value=None, **kwargs):
-            q._background.join()
+        def die(path, value=None, **kwargs):
             os._exit(0)  # dies after the rows went in, before anything landed
-        q.fs.pipe = die_once_recorded
+        q.fs.pipe = die
         q.pipe({f"/lost/{i}": b"x" * 1000 for i in range(100)})
     """)
     monkeypatch.undo()
     subprocess.run([sys.executable, "-c", script], input=pickle.dumps(q), check=True, timeout=60)
     assert q.usage()["used"] == 250_000  # counted, though never stored: the safe direction
-    reopened = quota_over_local(tmp_path)  # the dead process's batch reservation: recount
+    reopened = quota_over_local(tmp_path)  # the dead process's marker: recount
     assert reopened.usage()["used"] == 150_000 and reopened.usage()["reserved"] == 0
     assert_consistent(reopened)
 

@@ -96,7 +96,7 @@ MAX_RESERVATION = 256 << 20
 # most 1/LEASE_SHARE of the free space, so near the limit every write is checked exactly.
 LEASE_PATH = "*lease*"
 BATCH_PATH = "*batch*"  # a bulk pipe's reservation until its rows are recorded
-BATCH_MIN_FILES = 64    # bulk pipes of at least this many files record their rows in the background
+BATCH_MIN_FILES = 64    # bulk pipes of at least this many files leave a marker while they land
 _SPECIAL_PATHS = (LEASE_PATH, BATCH_PATH)
 LEASE_MAX = 64 << 20
 LEASE_MIN = 1 << 20
@@ -517,20 +517,30 @@ class Quota(Layer):
             "SELECT f.path, f.size FROM json_each(?) AS j JOIN files AS f ON f.path = j.value",
             (json.dumps(keys, ensure_ascii=False),)))
 
-    def _charge_tx(self, items: dict[str, int]) -> tuple[list[str], dict[str, int]]:
+    def _charge_tx(self, items: dict[str, int], marker: bool = False
+                   ) -> tuple[list[str], dict[str, int], int | None]:
         """Check and record files of known size in one transaction.
 
-        Returns what :meth:`_refund` needs: the keys and the old sizes of those that existed.
+        Returns what :meth:`_refund_tx` needs (the keys and the old sizes of those that
+        existed), and with ``marker`` the id of a ``*batch*`` reservation of 0 bytes added in
+        the same transaction (see :meth:`_pipe_big`).
         """
         if not items:
-            return [], {}
+            return [], {}, None
         if self.max_file_size is not None and max(items.values()) > self.max_file_size:
             for key, size in items.items():
                 self._check_file_size(key, size)
         keys = list(items)
         first = keys[0]
+        # many files: one JSON document for both statements that run inside SQLite
+        rows = json.dumps(items, ensure_ascii=False) if len(keys) > 1 else None
         with self._tx() as conn:
-            olds = self._old_sizes(conn, keys)
+            if rows is None:
+                olds = self._old_sizes(conn, keys)
+            else:
+                olds = dict(conn.execute(
+                    "SELECT f.path, f.size FROM json_each(?) AS j "
+                    "JOIN files AS f ON f.path = j.key", (rows,)))
             credit = sum(olds.values())
             if olds and conn.execute("SELECT 1 FROM reservations LIMIT 1").fetchone():
                 busy = {row[0] for row in conn.execute("SELECT DISTINCT path FROM reservations")}
@@ -541,18 +551,26 @@ class Quota(Layer):
             if len(keys) == 1:
                 conn.execute("INSERT OR REPLACE INTO files VALUES (?, ?)", (first, total))
             else:
-                conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?)", items.items())
+                conn.execute("INSERT OR REPLACE INTO files (path, size) SELECT key, value "
+                             "FROM json_each(?)", (rows,))
             change = total - sum(olds.values())
             conn.execute("UPDATE usage SET used = used + ?, files = files + ?", (change, new_files))
+            marker_id = None
+            if marker:
+                now = time.time()
+                marker_id = conn.execute(
+                    "INSERT INTO reservations (path, bytes, new_file, credit, pid, host, "
+                    "created_at, updated_at) VALUES (?, 0, 0, 0, ?, ?, ?, ?)",
+                    (BATCH_PATH, os.getpid(), _HOST, now, now)).lastrowid
             events = self._alerts_in_tx(conn, first if len(keys) == 1 else None,
                                         used + change, fired)
         if events:
             self._fire(events)
-        return keys, olds
+        return keys, olds, marker_id
 
     def _refund_tx(self, charged: tuple[list[str], dict[str, int]]) -> None:
         """Undo :meth:`_charge_tx` after the target refused the write."""
-        keys, olds = charged
+        keys, olds, _ = charged
         with self._tx() as conn:
             for key in keys:
                 self._set_file(conn, key, olds.get(key), self._old_size(conn, key))
@@ -689,70 +707,27 @@ class Quota(Layer):
 
     # -- bulk pipes: reserve, write, record the rows in the background ---------------------------
 
-    def _pipe_in_background(self, path: dict, items: dict[str, int], **kwargs):
-        """A big bulk pipe: one short transaction reserves the space; then, while the target
-        writes, a thread records the rows and empties the reservation in one transaction
-        (so the books may count the files a moment before they land, never after, and never
-        twice); the emptied reservation goes once the target is done, so a process that dies
-        in between leaves it behind, which makes the next open recount. (Recording the rows
-        after the target returned put ~2 us a file on the caller's path, 5-10 % of a bulk
-        write to a local disk.) Every other quota call of this process waits for the
-        recording first (:meth:`flush`); a failed target write waits for it, then records
-        what the target really holds.
+    def _pipe_big(self, path: dict, items: dict[str, int], **kwargs):
+        """A big bulk pipe: one transaction checks and records the whole batch before its
+        bytes go down, with a marker (a ``*batch*`` reservation of 0 bytes) removed once the
+        target is done. The books count the files a moment before they land, never after,
+        never twice; a process that dies in between leaves the marker (a dead pid), so the
+        next open recounts. A failed target write re-reads the batch's paths. (Recording in
+        a thread while the target wrote cost more than it saved: thread start, waits, and
+        contention with the writing thread.)
         """
-        if self.max_file_size is not None and max(items.values()) > self.max_file_size:
-            for key, size in items.items():
-                self._check_file_size(key, size)
         self.flush()
-        keys = list(items)
-        total = sum(items.values())
-        with self._tx() as conn:
-            olds = self._old_sizes(conn, keys)
-            credit = sum(olds.values())
-            if olds and conn.execute("SELECT 1 FROM reservations LIMIT 1").fetchone():
-                busy = {row[0] for row in conn.execute("SELECT DISTINCT path FROM reservations")}
-                credit = sum(size for key, size in olds.items() if key not in busy)
-            self._check(conn, keys[0], total - credit, 0)
-            now = time.time()
-            rid = conn.execute(
-                "INSERT INTO reservations (path, bytes, new_file, credit, pid, host, created_at, "
-                "updated_at) VALUES (?, ?, 0, 0, ?, ?, ?, ?)",
-                (BATCH_PATH, max(0, total - credit), os.getpid(), _HOST, now, now)).lastrowid
-        recorded: list[bool] = []
-        thread = threading.Thread(target=self._record_batch, args=(items, rid, recorded),
-                                  name="aiofs-quota-batch")
-        with self._lease_lock:
-            self._join_background()
-            self._background = thread
-        thread.start()
+        _, _, marker = self._charge_tx(items, marker=True)
         try:
             result = self.fs.pipe(path, **kwargs)
         except BaseException:
-            with self._lease_lock:
-                self._join_background()
             with self._tx() as conn:
-                conn.execute("DELETE FROM reservations WHERE id = ?", (rid,))
+                conn.execute("DELETE FROM reservations WHERE id = ?", (marker,))
             self._resync(list(path))  # a bulk write may have landed in part
             raise
-        with self._lease_lock:
-            self._join_background()  # done, mostly, while the target wrote
-        if recorded:  # else the reservation stays and expires, and a recount follows
-            with self._tx() as conn:
-                conn.execute("DELETE FROM reservations WHERE id = ?", (rid,))
+        with self._tx() as conn:
+            conn.execute("DELETE FROM reservations WHERE id = ?", (marker,))
         return result
-
-    def _record_batch(self, items: dict[str, int], rid: int, recorded: list[bool]) -> None:
-        try:
-            with self._tx() as conn:
-                self._record_files(conn, items)
-                conn.execute("UPDATE reservations SET bytes = 0 WHERE id = ?", (rid,))
-                events = self._alerts_in_tx(conn, None)
-            recorded.append(True)
-            self._fire(events)
-        except Exception:  # the reservation stays (and expires): a recount repairs the books
-            log.exception("quota: recording a bulk write failed; run a recount")
-        finally:
-            self._connections.close()  # this thread ends here
 
     def _charge(self, items: dict[str, int]):
         """Check and record writes of known size; returns a token for :meth:`_refund`."""
@@ -992,8 +967,8 @@ class Quota(Layer):
                     if not self._counted(p):
                         continue
                 items[self._key(p)] = len(v)
-        if len(items) >= BATCH_MIN_FILES and len(items) == len(path) and self.max_files is None:
-            return self._pipe_in_background(path, items, **kwargs)
+        if len(items) >= BATCH_MIN_FILES:
+            return self._pipe_big(path, items, **kwargs)
         olds = self._charge(items)
         try:
             return self.fs.pipe(path, **kwargs)
