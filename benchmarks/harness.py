@@ -291,18 +291,28 @@ class Ratio:
       of disk latency then spoils one pair, which the median drops, instead of setting or
       missing a contender's best. Use it where a run's A/A control shows the best-of ratio
       moving by more than the target's margin.
+
+    ``denominator`` may name several contenders that run the same thing (two instances of
+    a baseline): a repetition's denominator is then their mean (paired), and the best-of
+    denominator the best run of any of them (the harder figure to beat).
     """
 
     numerator: str
-    denominator: str
+    denominator: str | tuple[str, ...]
     label: str
     target: float | None = None
     statistic: str = BEST
 
     @property
+    def denominators(self) -> tuple[str, ...]:
+        """The denominator's contender keys."""
+        den = self.denominator
+        return (den,) if isinstance(den, str) else tuple(den)
+
+    @property
     def key(self) -> str:
         suffix = "" if self.statistic == BEST else f" ({self.statistic})"
-        return f"{self.numerator}/{self.denominator}{suffix}"
+        return f"{self.numerator}/{'+'.join(self.denominators)}{suffix}"
 
 
 @dataclass
@@ -333,18 +343,17 @@ class Row:
 
     def ratio(self, ratio: Ratio) -> float | None:
         """The value of ``ratio`` on this row, or ``None`` if a side is missing."""
+        nums = self.runs.get(ratio.numerator)
+        dens = [self.runs.get(key) for key in ratio.denominators]
+        if not nums or not all(dens):
+            return None
         if ratio.statistic == PAIRED_MEDIAN:
-            nums, dens = self.runs.get(ratio.numerator), self.runs.get(ratio.denominator)
-            if not nums or not dens:
-                return None
-            if len(nums) != len(dens):
+            if any(len(runs) != len(nums) for runs in dens):
                 raise ValueError(f"{self.name}: a paired ratio needs as many runs of "
                                  f"{ratio.numerator} as of {ratio.denominator}")
-            return statistics.median(n / d for n, d in zip(nums, dens))
-        num, den = self.seconds(ratio.numerator), self.seconds(ratio.denominator)
-        if num is None or not den:
-            return None
-        return num / den
+            return statistics.median(n * len(dens) / sum(d) for n, *d in zip(nums, *dens))
+        den = min(min(runs) for runs in dens)
+        return min(nums) / den if den else None
 
     def passes(self, ratio: Ratio) -> bool | None:
         """Whether the row meets the ratio's target; ``None`` when no target applies."""
