@@ -64,7 +64,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"python -m benchmarks {NAME}", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=128, help="large file size (MiB)")
-    parser.add_argument("--large-files", type=int, default=16,
+    parser.add_argument("--large-files", type=int, default=32,
                         help="large files written by each contender")
     parser.add_argument("--files", type=int, default=10_000,
                         help="small files written by each contender, per small-file row")
