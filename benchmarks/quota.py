@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> Report:
             "LocalBackend fsyncs every file and directory it writes (temp + fsync + rename + "
             "dir fsync; a bulk pipe group-commits with one syncfs); a quota contender also "
             "records its books (flush) and fsyncs its SQLite database and WAL, after every "
-            "large file and bulk pipe and at the end of every block of one-file writes.",
+            "large file and at the end of every block of bulk pipes or one-file writes.",
             f"Seconds shown: the best step (large, bulk) or best block of {args.round_files:,} "
             f"files (per-file rows). Each contender writes into its own fresh directory per "
             f"block, siblings under the store root (nothing is deleted until the small-file "
