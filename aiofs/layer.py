@@ -210,6 +210,24 @@ def find_layer(fs: AbstractFileSystem, cls: type[L]) -> L | None:
     return None
 
 
+class WriteOnlyFile:
+    """Mixin for the files a stack opens for writing: what they answer about themselves
+    (writable, never readable, seekable when the class sets ``SEEKABLE``). Put it before
+    ``io.BufferedIOBase`` in the bases."""
+
+    __slots__ = ()
+    SEEKABLE = False
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return self.SEEKABLE
+
+
 class DiscardOnErrorText(io.TextIOWrapper):
     """A text-mode file whose ``with`` block, left by an exception, discards the write.
 

@@ -39,7 +39,8 @@ from aiofs.errors import (
 )
 from aiofs.layer import (
     ATOMIC_WRITES, EMPTY_DIRECTORIES, INTERNAL_DIR, RANGE_READS, SERVER_SIDE_COPY, SafeTextWrites,
-    has_glob, hide_internal_path, internals_visible, is_internal, refuse_internal_write,
+    WriteOnlyFile, has_glob, hide_internal_path, internals_visible, is_internal,
+    refuse_internal_write,
 )
 
 TEMP_PREFIX = ".aiofs-tmp-"
@@ -92,12 +93,14 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-class AtomicWriteFile(io.BufferedIOBase):
+class AtomicWriteFile(WriteOnlyFile, io.BufferedIOBase):
     """A file being written: a temporary file renamed over the real name on ``close``.
 
     Leaving a ``with`` block through an exception, or calling :meth:`discard`, drops the
     temporary file and leaves the real name untouched.
     """
+
+    SEEKABLE = True
 
     def __init__(self, final_path: str, mode: str, durable: bool, initial: str | None = None):
         super().__init__()
@@ -115,15 +118,6 @@ class AtomicWriteFile(io.BufferedIOBase):
 
     def write(self, data) -> int:
         return self._file.write(data)
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return False
 
     def tell(self) -> int:
         return self._file.tell()

@@ -48,7 +48,7 @@ from aiofs.codecs import zstd_seekable as fmt
 from aiofs.errors import IntegrityError, InvalidArgument, IsADirectory
 from aiofs.layer import (
     RANGE_READS, Layer, has_glob, hide_internal_path, internals_visible, is_internal,
-    refuse_internal_write, stamp_of, target_identity, visible_entries,
+    WriteOnlyFile, refuse_internal_write, stamp_of, target_identity, visible_entries,
 )
 
 __all__ = ["Compress", "SizeCache", "stamp_of"]
@@ -890,7 +890,7 @@ class Compress(Layer):
 # -- files -------------------------------------------------------------------------------------
 
 
-class CompressedWriteFile(io.BufferedIOBase):
+class CompressedWriteFile(WriteOnlyFile, io.BufferedIOBase):
     """A file being written through :class:`Compress`: frames are compressed in the layer's
     thread pool (at most ``threads + 2`` in flight) and appended to one target file.
 
@@ -924,15 +924,6 @@ class CompressedWriteFile(io.BufferedIOBase):
             raise
 
     # io interface ----------------------------------------------------------------------------
-
-    def writable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return False
 
     def tell(self) -> int:
         return self._position

@@ -56,7 +56,8 @@ from aiofs.codecs.keys import (
 )
 from aiofs.errors import AuthenticationFailed, ConfigError, IntegrityError, Unsupported
 from aiofs.layer import (
-    INTERNAL_DIR, Layer, has_glob, hide_internal_path, internal_access, refuse_internal_write,
+    INTERNAL_DIR, Layer, WriteOnlyFile, has_glob, hide_internal_path, internal_access,
+    refuse_internal_write,
 )
 
 __all__ = ["Encrypt", "KEY_CONFIG_PATH", "DEFAULT_BLOCK_SIZE", "DEFAULT_CIPHER"]
@@ -773,7 +774,7 @@ class EncryptedReader(io.BufferedReader):
         return self.raw.name
 
 
-class EncryptingWriter(io.BufferedIOBase):
+class EncryptingWriter(WriteOnlyFile, io.BufferedIOBase):
     """Seals blocks as data arrives and streams them to one target file.
 
     The last 1..B bytes are held back until more data comes or the file is closed, because
@@ -807,12 +808,6 @@ class EncryptingWriter(io.BufferedIOBase):
             self._abort()
             super().close()
             raise
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
 
     def tell(self) -> int:
         return self._written

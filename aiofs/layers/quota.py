@@ -68,7 +68,7 @@ from aiofs.errors import ConfigError, FileTooLarge, InvalidArgument, StorageQuot
 from aiofs.sqlite_state import ThreadConnections
 from aiofs.layer import (
     ATOMIC_WRITES, INTERNAL_DIR, Layer, describe, has_glob, internal_access, is_internal,
-    refuse_internal_write, target_identity,
+    WriteOnlyFile, refuse_internal_write, target_identity,
 )
 
 __all__ = ["Quota", "parse_size", "DEFAULT_MAX_FILE_SIZE", "DEFAULT_THRESHOLDS"]
@@ -1051,7 +1051,7 @@ class Quota(Layer):
             self._resync(touched)
 
 
-class QuotaWriter(io.BufferedIOBase):
+class QuotaWriter(WriteOnlyFile, io.BufferedIOBase):
     """A file being written through :class:`Quota`: counts bytes, reserves, fails early.
 
     The first ``STREAM_BUFFER`` bytes stay in memory; a file that ends within them is
@@ -1063,6 +1063,8 @@ class QuotaWriter(io.BufferedIOBase):
     would cross ``max_file_size`` or the quota raises before any of its bytes go down, and
     the target file is discarded.
     """
+
+    SEEKABLE = True
 
     # Starting values as class attributes: a writer is made per small file, and every
     # attribute set in __init__ costs (io.BufferedIOBase.__init__ does nothing we need).
@@ -1084,15 +1086,6 @@ class QuotaWriter(io.BufferedIOBase):
         self._buffer: bytearray | None = bytearray()
 
     # -- io.BufferedIOBase ---------------------------------------------------------------------
-
-    def writable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return True
 
     def tell(self) -> int:
         return self._pos
@@ -1297,7 +1290,7 @@ class QuotaWriter(io.BufferedIOBase):
                 pass
 
 
-class SmallFileWriter:
+class SmallFileWriter(WriteOnlyFile):
     """What ``Quota.open(path, 'wb')`` returns for a plain path on an atomic target.
 
     A file that ends within ``STREAM_BUFFER`` bytes stays in memory and goes down as one
@@ -1310,6 +1303,8 @@ class SmallFileWriter:
     hot path of per-file writes, where the CPU comes back cold from each fsync). No
     finalizer: an abandoned, unclosed small file leaves nothing behind.
     """
+
+    SEEKABLE = True
 
     __slots__ = ("quota", "path", "_buffer", "_closed", "_full")
 
@@ -1381,15 +1376,6 @@ class SmallFileWriter:
     @property
     def closed(self) -> bool:
         return self._full.closed if self._full is not None else self._closed
-
-    def writable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return True
 
     def tell(self) -> int:
         if self._full is not None:

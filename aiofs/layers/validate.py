@@ -44,7 +44,7 @@ import fsspec
 from fsspec.spec import AbstractFileSystem
 
 from aiofs.errors import InvalidArgument, InvalidFileType
-from aiofs.layer import ATOMIC_WRITES, Layer, has_glob, refuse_internal_write
+from aiofs.layer import ATOMIC_WRITES, Layer, WriteOnlyFile, has_glob, refuse_internal_write
 
 __all__ = ["Validate", "detect", "check_content", "CATEGORIES", "STRICT_EXTENSIONS", "SNIFF_BYTES"]
 
@@ -292,23 +292,16 @@ class Validate(Layer):
         return super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
 
 
-class ValidatingWriter(io.BufferedIOBase):
+class ValidatingWriter(WriteOnlyFile, io.BufferedIOBase):
     """Holds the first ``SNIFF_BYTES`` of a streaming write, checks them, then passes through."""
+
+    SEEKABLE = True
 
     def __init__(self, layer: Validate, path: str, target, existed: bool):
         super().__init__()
         self.layer, self.path, self.target, self.existed = layer, path, target, existed
         self._head: bytearray | None = bytearray()
         self._done = False
-
-    def writable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return True
 
     def tell(self) -> int:
         return len(self._head) if self._head is not None else self.target.tell()

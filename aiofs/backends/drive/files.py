@@ -20,6 +20,8 @@ import tempfile
 from fsspec.asyn import sync
 from fsspec.spec import AbstractBufferedFile
 
+from aiofs.layer import WriteOnlyFile
+
 SPOOL_IN_MEMORY = 16 * 1024 * 1024
 
 
@@ -32,8 +34,10 @@ class DriveReadFile(AbstractBufferedFile):
         return self.fs.cat_file(self.path, start=start, end=end)
 
 
-class DriveWriteFile(io.BufferedIOBase):
+class DriveWriteFile(WriteOnlyFile, io.BufferedIOBase):
     """A Drive file being written: uploaded whole on ``close``, dropped on ``discard``."""
+
+    SEEKABLE = True
 
     def __init__(self, fs, rel: str, mode: str, initial: bytes | None = None):
         super().__init__()
@@ -45,18 +49,6 @@ class DriveWriteFile(io.BufferedIOBase):
         if initial:
             self._spool.write(initial)
         self._done = False
-
-    def writable(self) -> bool:
-        """True."""
-        return True
-
-    def readable(self) -> bool:
-        """False."""
-        return False
-
-    def seekable(self) -> bool:
-        """True."""
-        return True
 
     def write(self, data) -> int:
         """Append to the spool (nothing goes to Drive yet)."""

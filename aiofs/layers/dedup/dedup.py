@@ -38,7 +38,7 @@ from fsspec.spec import AbstractBufferedFile
 from aiofs.errors import IntegrityError, InvalidArgument, IsADirectory
 from aiofs.layer import (
     Layer, has_glob, hide_internal_path, internal_access, internals_visible, is_internal,
-    refuse_internal_write, stamp_of, target_identity, visible_entries,
+    WriteOnlyFile, refuse_internal_write, stamp_of, target_identity, visible_entries,
 )
 from aiofs.layers.dedup import formats as fmt
 from aiofs.layers.dedup.cache import StoreCache
@@ -549,7 +549,7 @@ def _rebuild(fs, options):
 # -- files -------------------------------------------------------------------------------------
 
 
-class DedupWriteFile(io.BufferedIOBase):
+class DedupWriteFile(WriteOnlyFile, io.BufferedIOBase):
     """A file being written through :class:`Dedup`.
 
     Written bytes are collected into batches of ``batch_size``; each batch is chunked and
@@ -580,15 +580,6 @@ class DedupWriteFile(io.BufferedIOBase):
         self._packer = PackWriter(store)
         self._pending: collections.deque = collections.deque()
         self._done = False
-
-    def writable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return False
 
     def tell(self) -> int:
         return self._size

@@ -65,7 +65,8 @@ from aiofs.errors import (
 )
 from aiofs.layer import (
     INTERNAL_DIR, Layer, has_glob, hide_internal_path, internal_access, internals_visible,
-    is_internal, refuse_internal_write, stamp_of, target_identity, visible_entries,
+    WriteOnlyFile, is_internal, refuse_internal_write, stamp_of, target_identity,
+    visible_entries,
 )
 from aiofs.layers.offline import conflicts as conflict_rules
 from aiofs.layers.offline.journal import DB_NAME, Journal, like_prefix
@@ -172,7 +173,7 @@ class _RangeFile(AbstractBufferedFile):
         return self.fs._read_range(self.path, start, end)
 
 
-class _WriteFile(io.BufferedIOBase):
+class _WriteFile(WriteOnlyFile, io.BufferedIOBase):
     """A file opened for writing: bytes go to a local temp file; ``close`` commits it to the
     journal (durable before it returns), ``discard`` (or leaving ``with`` by an exception)
     drops it."""
@@ -185,15 +186,6 @@ class _WriteFile(io.BufferedIOBase):
         self._size = 0
         if prefix:
             self.write(prefix)
-
-    def writable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return False
 
     def tell(self) -> int:
         return self._size

@@ -61,7 +61,8 @@ from aiofs.errors import (
 )
 from aiofs.layer import (
     ATOMIC_WRITES, INTERNAL_DIR, Layer, capabilities_of, has_glob, hide_internal_path,
-    internal_access, is_internal, refuse_internal_write, stamp_of, target_identity,
+    WriteOnlyFile, internal_access, is_internal, refuse_internal_write, stamp_of,
+    target_identity,
 )
 from aiofs.layers.versioning.locks import StripeLocks
 
@@ -1372,7 +1373,7 @@ def _rebuild(fs, options):
 # -- files -------------------------------------------------------------------------------------
 
 
-class VersionedWriteFile(io.BufferedIOBase):
+class VersionedWriteFile(WriteOnlyFile, io.BufferedIOBase):
     """A write through :class:`Versioning`: the target's writer, snapshot taken at commit.
 
     Bytes go straight to the target's writer. :meth:`close` takes the file's lock, keeps the
@@ -1392,15 +1393,6 @@ class VersionedWriteFile(io.BufferedIOBase):
         self.mode = mode
         self.path = layer._name(rel)
         self._done = False
-
-    def writable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return False
 
     def tell(self) -> int:
         return self.inner.tell()
