@@ -57,7 +57,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ MAX_RESERVATION = 256 << 20
 # transaction each; their rows are recorded in batches. A lease is at most LEASE_MAX and at
 # most 1/LEASE_SHARE of the free space, so near the limit every write is checked exactly.
 LEASE_PATH = "*lease*"
-BATCH_PATH = "*batch*"  # a bulk pipe's reservation until its rows are recorded
+BATCH_PATH = "*batch*"  # a big bulk pipe's marker (0 bytes) until its bytes have landed
 BATCH_MIN_FILES = 64    # bulk pipes of at least this many files leave a marker while they land
 _SPECIAL_PATHS = (LEASE_PATH, BATCH_PATH)
 LEASE_MAX = 64 << 20
@@ -238,7 +238,7 @@ def _plain_key(path) -> bool:
             and "//" not in path and ":" not in path and "\\" not in path and "\x00" not in path)
 
 
-def _all_plain_keys(keys: list) -> bool:
+def _all_plain_keys(keys: Collection) -> bool:
     """:func:`_plain_key` of every key of a bulk write at once: one join and a few scans in C
     instead of Python work per key. NUL joins the keys (no plain key contains it), so the
     scans cannot match across two keys, and counting NULs proves none was inside a key."""
@@ -256,6 +256,10 @@ def _all_plain_keys(keys: list) -> bool:
 _HOST = socket.gethostname()
 _PROBE = "/aiofs-probe/dir/file.txt"
 _UNCLEAN = re.compile(r"//|/\.\.?(?:/|$)|/$|\\|\x00|:")
+# Many rows go to SQLite as one JSON object {key: size}: each statement then runs wholly
+# inside SQLite (one call, not one per row; executemany also takes the GIL back per row).
+_OLD_ROWS = "SELECT f.path, f.size FROM json_each(?) AS j JOIN files AS f ON f.path = j.key"
+_PUT_ROWS = "INSERT OR REPLACE INTO files (path, size) SELECT key, value FROM json_each(?)"
 
 
 class Quota(Layer):
@@ -508,14 +512,16 @@ class Quota(Layer):
                 f"file too large: {_human(size)} ({size} bytes) is over the "
                 f"{_human(self.max_file_size)} ({self.max_file_size} bytes) limit per file", key)
 
-    def _old_sizes(self, conn, keys: list[str]) -> dict[str, int]:
-        """Recorded sizes of those of ``keys`` that hold a file (one query, run in SQLite)."""
+    def _old_sizes(self, conn, keys: Collection[str], rows: str | None = None) -> dict[str, int]:
+        """Recorded sizes of those of ``keys`` that hold a file (one query); ``rows``: the
+        batch as its JSON object, when the caller has made it already."""
         if len(keys) == 1:
-            row = conn.execute("SELECT size FROM files WHERE path = ?", keys).fetchone()
-            return {} if row is None else {keys[0]: row[0]}
-        return dict(conn.execute(
-            "SELECT f.path, f.size FROM json_each(?) AS j JOIN files AS f ON f.path = j.value",
-            (json.dumps(keys, ensure_ascii=False),)))
+            (key,) = keys
+            row = conn.execute("SELECT size FROM files WHERE path = ?", (key,)).fetchone()
+            return {} if row is None else {key: row[0]}
+        if rows is None:
+            rows = json.dumps(dict.fromkeys(keys, 0), ensure_ascii=False)
+        return dict(conn.execute(_OLD_ROWS, (rows,)))
 
     def _charge_tx(self, items: dict[str, int], marker: bool = False
                    ) -> tuple[list[str], dict[str, int], int | None]:
@@ -532,15 +538,9 @@ class Quota(Layer):
                 self._check_file_size(key, size)
         keys = list(items)
         first = keys[0]
-        # many files: one JSON document for both statements that run inside SQLite
-        rows = json.dumps(items, ensure_ascii=False) if len(keys) > 1 else None
+        rows = json.dumps(items, ensure_ascii=False)
         with self._tx() as conn:
-            if rows is None:
-                olds = self._old_sizes(conn, keys)
-            else:
-                olds = dict(conn.execute(
-                    "SELECT f.path, f.size FROM json_each(?) AS j "
-                    "JOIN files AS f ON f.path = j.key", (rows,)))
+            olds = self._old_sizes(conn, keys, rows)
             credit = sum(olds.values())
             if olds and conn.execute("SELECT 1 FROM reservations LIMIT 1").fetchone():
                 busy = {row[0] for row in conn.execute("SELECT DISTINCT path FROM reservations")}
@@ -548,13 +548,7 @@ class Quota(Layer):
             total = sum(items.values())
             new_files = len(keys) - len(olds)
             used, fired = self._check(conn, first, total - credit, new_files)
-            if len(keys) == 1:
-                conn.execute("INSERT OR REPLACE INTO files VALUES (?, ?)", (first, total))
-            else:
-                conn.execute("INSERT OR REPLACE INTO files (path, size) SELECT key, value "
-                             "FROM json_each(?)", (rows,))
-            change = total - sum(olds.values())
-            conn.execute("UPDATE usage SET used = used + ?, files = files + ?", (change, new_files))
+            change = self._record_files(conn, items, rows, olds)
             marker_id = None
             if marker:
                 now = time.time()
@@ -588,23 +582,21 @@ class Quota(Layer):
         self._background: threading.Thread | None = None
         self._unrecorded: dict[str, int] | None = None
 
-    def _record_files(self, conn, items: dict[str, int]) -> int:
+    def _record_files(self, conn, items: dict[str, int], rows: str | None = None,
+                      olds: dict[str, int] | None = None) -> int:
         """Inside a transaction: record written files (key -> size) in the books; returns
-        the change of ``used``."""
+        the change of ``used``. ``rows`` (the items as JSON) and ``olds`` (their recorded
+        sizes) when the caller has them already."""
         if not items:
             return 0
-        # The rows go in as one JSON document, two statements that run wholly inside SQLite,
-        # which lets go of the GIL meanwhile: a bulk write's rows are recorded while the
-        # writing thread goes on (executemany takes the GIL back for every row).
-        rows = json.dumps(items, ensure_ascii=False)
-        old_bytes, old_files = conn.execute(
-            "SELECT COALESCE(SUM(f.size), 0), COUNT(*) FROM json_each(?) AS j "
-            "JOIN files AS f ON f.path = j.key", (rows,)).fetchone()
-        conn.execute("INSERT OR REPLACE INTO files (path, size) SELECT key, value "
-                     "FROM json_each(?)", (rows,))
-        change = sum(items.values()) - old_bytes
+        if rows is None:
+            rows = json.dumps(items, ensure_ascii=False)
+        if olds is None:
+            olds = self._old_sizes(conn, items, rows)
+        conn.execute(_PUT_ROWS, (rows,))
+        change = sum(items.values()) - sum(olds.values())
         conn.execute("UPDATE usage SET used = used + ?, files = files + ?",
-                     (change, len(items) - old_files))
+                     (change, len(items) - len(olds)))
         return change
 
     def _join_background(self) -> None:
@@ -705,7 +697,7 @@ class Quota(Layer):
 
     _release_lease = flush
 
-    # -- bulk pipes: reserve, write, record the rows in the background ---------------------------
+    # -- big bulk pipes: check and record, write, drop the marker ---------------------------------
 
     def _pipe_big(self, path: dict, items: dict[str, int], **kwargs):
         """A big bulk pipe: one transaction checks and records the whole batch before its
@@ -952,7 +944,7 @@ class Quota(Layer):
     def pipe(self, path, value=None, **kwargs):
         if isinstance(path, str):
             path = {path: value}
-        if self._fast_keys and _all_plain_keys(list(path)):
+        if self._fast_keys and _all_plain_keys(path):
             # the common bulk write: every key is already the target's (checked at once)
             items = {key: len(value) for key, value in path.items()}
         else:
