@@ -610,7 +610,7 @@ def test_rows_of_any_name_are_recorded_exactly(tmp_path):
     assert_consistent(q)
 
 
-def test_big_bulk_pipe_is_recorded_in_the_background(tmp_path):
+def test_big_bulk_pipe_is_checked_and_recorded_at_once(tmp_path):
     q = quota_over_local(tmp_path, max_bytes=1_000_000, max_file_size=10_000)
     q.pipe({f"bulk/{i}": b"b" * 1000 for i in range(100)})
     assert q.usage()["used"] == 100_000 and q.usage()["reserved"] == 0
