@@ -287,10 +287,36 @@ def test_a_long_stream_reserves_in_a_few_chunks(tmp_path, monkeypatch):
             if f.tell() > STREAM_BUFFER:  # past the buffer, reserved ahead of the bytes
                 reserved = q.usage()["reserved"]
                 assert f.tell() <= reserved <= f.tell() + STREAM_BUFFER * 4
-    # 512 KiB, 1 MiB, 2 MiB, then steps of 1 MiB up to 10 MiB: 11 chunks for 160 writes
-    assert len(grows) == 11, grows
+    # far from the limit the first chunk is the largest (1 MiB), then steps of 1 MiB up to
+    # 10 MiB: 10 chunks for 160 writes
+    assert len(grows) == 10, grows
     assert q.usage() == {**q.usage(), "used": total, "reserved": 0}
     assert_consistent(q)
+
+def test_a_stream_reserves_once_far_from_the_limit_and_in_small_chunks_near_it(
+        tmp_path, monkeypatch):
+    # far from the limit one reservation covers a file of any common size (a transaction
+    # saved per doubling); near it the first chunk stays a sixteenth of the free space
+    import aiofs.layers.quota as quota_module
+
+    grows = []
+    original = quota_module.QuotaWriter._grow
+    monkeypatch.setattr(quota_module.QuotaWriter, "_grow",
+                        lambda self, need: (grows.append(need), original(self, need))[1])
+    for max_bytes, expected in (("5GB", 1), (64 << 20, 4)):
+        grows.clear()
+        q = quota_over_local(tmp_path / str(max_bytes), max_bytes=max_bytes, max_file_size="1GB")
+        first_reserved = None
+        with q.open("video.bin", "wb") as f:
+            for _ in range(20):
+                f.write(b"v" * (1 << 20))
+                first_reserved = first_reserved or q.usage()["reserved"]
+        assert len(grows) == expected, (max_bytes, grows)
+        assert first_reserved == min(quota_module.MAX_RESERVATION,
+                                     max(quota_module.MIN_RESERVATION, q.max_bytes // 16))
+        assert q.usage()["used"] == 20 << 20 and q.usage()["reserved"] == 0
+        assert_consistent(q)
+
 
 def test_small_open_writes_go_down_at_close_with_nothing_left_on_error(tmp_path):
     """A small file written through open('wb') reaches the target as one pipe_file at close
@@ -567,6 +593,11 @@ def test_a_bulk_pipe_is_recorded_before_it_lands_with_a_marker(tmp_path, monkeyp
     monkeypatch.setattr(q.fs, "pipe", pipe_and_look)
     q.pipe({f"/bulk/{i}": b"b" * 1000 for i in range(100)})
     assert seen == [(100_000, [(0,)])]  # counted before landing, with the marker
+    # a landed batch's marker goes with the process's next transaction (here the next
+    # batch's own) or at flush
+    q.pipe({f"/bulk/{i}": b"c" * 500 for i in range(100, 200)})
+    assert seen[1] == (150_000, [(0,)])
+    q.flush()
     assert conn.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0
     assert_consistent(q)
 
@@ -577,7 +608,7 @@ def test_a_bulk_pipe_is_recorded_before_it_lands_with_a_marker(tmp_path, monkeyp
     monkeypatch.setattr(q.fs, "pipe", land_half_then_fail)
     with pytest.raises(OSError):
         q.pipe({f"/failed/{i}": b"f" * 1000 for i in range(100)})
-    assert q.usage()["used"] == 150_000 and q.usage()["reserved"] == 0
+    assert q.usage()["used"] == 200_000 and q.usage()["reserved"] == 0
     assert_consistent(q)
 
     script = textwrap.dedent("""
@@ -590,9 +621,9 @@ def test_a_bulk_pipe_is_recorded_before_it_lands_with_a_marker(tmp_path, monkeyp
     """)
     monkeypatch.undo()
     subprocess.run([sys.executable, "-c", script], input=pickle.dumps(q), check=True, timeout=60)
-    assert q.usage()["used"] == 250_000  # counted, though never stored: the safe direction
+    assert q.usage()["used"] == 300_000  # counted, though never stored: the safe direction
     reopened = quota_over_local(tmp_path)  # the dead process's marker: recount
-    assert reopened.usage()["used"] == 150_000 and reopened.usage()["reserved"] == 0
+    assert reopened.usage()["used"] == 200_000 and reopened.usage()["reserved"] == 0
     assert_consistent(reopened)
 
 

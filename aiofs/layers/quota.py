@@ -21,8 +21,9 @@
   on a per-process **lease** (a reservation of at most 64 MiB and 1/16 of the free space)
   and are recorded in batches (:meth:`Quota.flush`, also at exit), so they cost no
   transaction each; the lease is reserved space, so the limit holds across processes. A
-  bulk ``pipe`` of 64 files or more reserves its growth in one short transaction and
-  records its rows in a background thread while the caller goes on. Reservations carry the writer's pid, host and a
+  bulk ``pipe`` of 64 files or more is checked and recorded in one transaction before its
+  bytes go down, with a marker row that makes a process dying in between recount at the
+  next open. Reservations carry the writer's pid, host and a
   timestamp: those of a dead process, or older than ``reservation_ttl`` seconds, expire.
   Overwrites credit the old size of the file; deletes and renames give space back.
 * **Persistence and reconciliation.** Usage lives in a SQLite database (WAL) in
@@ -86,9 +87,10 @@ DEFAULT_THRESHOLDS = (0.8, 0.9, 1.0)
 # A stream keeps its first bytes in memory: a small file opened with open('wb') then costs
 # one transaction at close, like pipe_file, instead of a reservation and a commit.
 STREAM_BUFFER = 256 << 10
-# A streaming write reserves ahead in chunks: the first MIN_RESERVATION, then each chunk
-# doubles what is reserved, by at most MAX_RESERVATION at a time, so a file of any size
-# takes a handful of reservation transactions (not one per write past MAX_RESERVATION).
+# A streaming write reserves ahead in chunks: the first as large as a lease may be (at
+# most MAX_RESERVATION and 1/LEASE_SHARE of the free space, at least MIN_RESERVATION), then
+# each chunk doubles what is reserved, by at most MAX_RESERVATION at a time: far from the
+# limit most files take one reservation transaction, and a file of any size a handful.
 MIN_RESERVATION = 4 << 20
 MAX_RESERVATION = 256 << 20
 # Small writes of known size draw on a per-process lease (a reservation row) instead of a
@@ -326,9 +328,31 @@ class Quota(Layer):
     def _db(self) -> sqlite3.Connection:
         return self._connections.db()
 
+    @contextlib.contextmanager
     def _tx(self):
-        """A write transaction (``BEGIN IMMEDIATE``: one writer at a time, across processes)."""
-        return self._connections.tx()
+        """A write transaction (``BEGIN IMMEDIATE``: one writer at a time, across processes).
+
+        It also drops the markers of this process's bulk pipes that have landed (see
+        :meth:`_pipe_big`): they ride along with the next transaction instead of costing
+        one of their own.
+        """
+        with self._connections.tx() as conn:
+            yield conn
+            if self._landed:
+                self._drop_landed(conn)
+
+    def _drop_landed(self, conn) -> None:
+        """Inside a transaction: delete the ``*batch*`` markers of landed bulk pipes."""
+        landed = self._landed
+        ids = []
+        with contextlib.suppress(IndexError):  # pop: another thread may take some first
+            while landed:
+                ids.append(landed.pop())
+        try:
+            conn.executemany("DELETE FROM reservations WHERE id = ?", [(i,) for i in ids])
+        except BaseException:
+            landed.extend(ids)  # the transaction rolls back: dropped by a later one
+            raise
 
     def _init_db(self) -> bool:
         os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
@@ -581,6 +605,8 @@ class Quota(Layer):
         # the lease's files it failed to record come back through ``_unrecorded``
         self._background: threading.Thread | None = None
         self._unrecorded: dict[str, int] | None = None
+        # ids of the *batch* markers of bulk pipes that have landed, for the next transaction
+        self._landed: list[int] = []
 
     def _record_files(self, conn, items: dict[str, int], rows: str | None = None,
                       olds: dict[str, int] | None = None) -> int:
@@ -642,6 +668,15 @@ class Quota(Layer):
             self._connections.close()  # this thread ends here
         self._fire(events)
 
+    def _share_of_free(self, conn, cap: int, own: int = 0) -> int:
+        """What one writer may hold reserved ahead of its bytes: ``cap``, or near the limit
+        a ``LEASE_SHARE``-th of the free space (its ``own`` reservation counted as free), so
+        that writers ahead of their bytes never crowd out the others."""
+        if self.max_bytes is None:
+            return cap
+        used, _, _, reserved, _ = self._state(conn)
+        return min(cap, max(0, self.max_bytes - used - (reserved - own)) // LEASE_SHARE)
+
     def _lease_tx(self, size: int | None) -> bool:
         """Record pending files; then take a lease fit for ``size`` (``None``: give it up)."""
         self._join_background()  # the lease row changes below: nothing may record against it
@@ -650,7 +685,6 @@ class Quota(Layer):
             with self._tx() as conn:
                 self._record_files(conn, self._pending)
                 self._pending = {}
-                used, _, fired, reserved, _ = self._state(conn)
                 own = 0
                 if self._lease_id is not None:
                     row = conn.execute("SELECT bytes FROM reservations WHERE id = ?",
@@ -658,13 +692,9 @@ class Quota(Layer):
                     own = row[0] if row else 0
                 want = 0
                 if size is not None:
-                    if self.max_bytes is None:
-                        want = LEASE_MAX
-                    else:
-                        free = self.max_bytes - used - (reserved - own)
-                        want = min(LEASE_MAX, free // LEASE_SHARE)
-                        if want < max(size, LEASE_MIN):
-                            want = 0
+                    want = self._share_of_free(conn, LEASE_MAX, own)
+                    if want < max(size, LEASE_MIN):
+                        want = 0
                 now = time.time()
                 if want and self._lease_id is not None:
                     conn.execute("UPDATE reservations SET bytes = ?, updated_at = ? WHERE id = ?",
@@ -689,36 +719,45 @@ class Quota(Layer):
         return bool(want)
 
     def flush(self) -> None:
-        """Record the files this process wrote on its lease and give the lease back."""
+        """Record the files this process wrote on its lease, give the lease back, and drop
+        the markers of its bulk pipes that have landed."""
+        with self._lease_lock:
+            self._join_background()
+            if self._pending or self._lease_id is not None or self._landed:
+                self._lease_tx(None)
+
+    _release_lease = flush
+
+    def _settle_lease(self) -> None:
+        """Before a write that records its own rows: record the lease's pending files first
+        (a pending older size must not land over the newer one) and give the lease back."""
         with self._lease_lock:
             self._join_background()
             if self._pending or self._lease_id is not None:
                 self._lease_tx(None)
 
-    _release_lease = flush
-
     # -- big bulk pipes: check and record, write, drop the marker ---------------------------------
 
     def _pipe_big(self, path: dict, items: dict[str, int], **kwargs):
         """A big bulk pipe: one transaction checks and records the whole batch before its
-        bytes go down, with a marker (a ``*batch*`` reservation of 0 bytes) removed once the
-        target is done. The books count the files a moment before they land, never after,
-        never twice; a process that dies in between leaves the marker (a dead pid), so the
-        next open recounts. A failed target write re-reads the batch's paths. (Recording in
-        a thread while the target wrote cost more than it saved: thread start, waits, and
-        contention with the writing thread.)
+        bytes go down, with a marker (a ``*batch*`` reservation of 0 bytes). The books count
+        the files a moment before they land, never after, never twice; a process that dies
+        in between leaves the marker (a dead pid), so the next open recounts. Once the
+        target is done, the marker is dropped by this process's next transaction (or
+        :meth:`flush`, also at exit): a marker that outlives its batch only costs a
+        needless recount if the process is killed. A failed target write re-reads the
+        batch's paths. (Recording in a thread while the target wrote cost more than it
+        saved: thread start, waits, and contention with the writing thread.)
         """
-        self.flush()
+        self._settle_lease()
         _, _, marker = self._charge_tx(items, marker=True)
         try:
             result = self.fs.pipe(path, **kwargs)
         except BaseException:
-            with self._tx() as conn:
-                conn.execute("DELETE FROM reservations WHERE id = ?", (marker,))
+            self._landed.append(marker)  # dropped by _resync's transaction
             self._resync(list(path))  # a bulk write may have landed in part
             raise
-        with self._tx() as conn:
-            conn.execute("DELETE FROM reservations WHERE id = ?", (marker,))
+        self._landed.append(marker)
         return result
 
     def _charge(self, items: dict[str, int]):
@@ -726,7 +765,7 @@ class Quota(Layer):
         if len(items) == 1:
             ((key, size),) = items.items()
             return self._charge_one(key, size)
-        self.flush()
+        self._settle_lease()
         return ("tx", self._charge_tx(items))
 
     def _charge_one(self, key: str, size: int):
@@ -745,7 +784,7 @@ class Quota(Layer):
                 previous = pending.get(key, _MISSING)
                 pending[key] = size
                 return ("lease", key, size, previous)
-        self.flush()
+        self._settle_lease()
         return ("tx", self._charge_tx({key: size}))
 
     def _written(self, token) -> None:
@@ -775,12 +814,12 @@ class Quota(Layer):
                     self._pending[key] = previous
                 self._lease_left += size
                 return
-        self.flush()
+        self._settle_lease()
         self._resync([key])  # already recorded: record what the target really holds
 
     def _resync(self, paths: Iterable[str]) -> None:
         """Re-read the target at and below each path and record exactly what is there."""
-        self.flush()
+        self._settle_lease()
         scans = {}
         for path in paths:
             key = self._key(path)
@@ -946,7 +985,7 @@ class Quota(Layer):
             path = {path: value}
         if self._fast_keys and _all_plain_keys(path):
             # the common bulk write: every key is already the target's (checked at once)
-            items = {key: len(value) for key, value in path.items()}
+            items = dict(zip(path, map(len, path.values())))
         else:
             prefix = f"{self.protocol}://"
             if any(isinstance(k, str) and k.startswith(prefix) for k in path):
@@ -1006,7 +1045,7 @@ class Quota(Layer):
 
     def rm_file(self, path):
         super().rm_file(path)
-        self.flush()
+        self._settle_lease()
         key = self._key(path)
         with self._tx() as conn:
             self._set_file(conn, key, None, self._old_size(conn, key))
@@ -1158,15 +1197,20 @@ class QuotaWriter(WriteOnlyFile, io.BufferedIOBase):
 
     def _grow(self, need: int) -> None:
         q = self.quota
+        first = self._reservation is None
         step = min(max(self._reserved, MIN_RESERVATION), MAX_RESERVATION)
-        want = max(need, self._reserved + step)
-        if q.max_file_size is not None:
-            want = min(want, max(need, q.max_file_size - self.initial))
         now = time.time()
-        if self._reservation is None:
-            q.flush()
+        if first:
+            q._settle_lease()
         with q._tx() as conn:
-            if self._reservation is None:
+            if first:
+                # far from the limit, the first chunk is as large as a lease may be (most
+                # files then take this one reservation); near it, chunks stay small
+                step = max(step, q._share_of_free(conn, MAX_RESERVATION))
+            want = max(need, self._reserved + step)
+            if q.max_file_size is not None:
+                want = min(want, max(need, q.max_file_size - self.initial))
+            if first:
                 old = q._old_size(conn, self.key)
                 self._credit = q._credit(conn, self.key, old) if not self.initial else 0
                 new_file = 0 if old is not None else 1
