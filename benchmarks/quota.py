@@ -56,6 +56,7 @@ QUOTA_KEYS = ("quota", "vq")
 # LocalBackend runs twice per step (two instances): the quota is held against their mean
 BASELINE = ("local", "local2")
 OVERVIEW_TARGET = 1.0  # seconds: `aiofs overview` on the --files store
+ROWS = ("large", "bulk", "pipe_file", "open", "overview")
 OVERVIEW_KINDS = (".txt", ".py", ".md", ".csv", ".json", ".svg", ".bin", ".log")
 
 
@@ -82,9 +83,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="parent directory for the scratch data (default: system temp)")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes and counts: a smoke test, not a measurement")
-    parser.add_argument("--overview-only", action="store_true",
-                        help="only the `aiofs overview` rows")
+    parser.add_argument("--rows", default=",".join(ROWS),
+                        help=f"comma-separated rows to run, of: {', '.join(ROWS)} (default: all)")
     args = parser.parse_args(argv)
+    args.rows = [row.strip() for row in args.rows.split(",") if row.strip()]
+    unknown = sorted(set(args.rows) - set(ROWS))
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
     if args.quick:
         args.size_mib, args.large_files, args.files = 32, 4, 1_000
         args.bulk_files, args.bulk_pipes, args.bulk_block = 100, 8, 2
@@ -184,9 +189,10 @@ def run(args: argparse.Namespace) -> Report:
     base = scratch_dir(args.dir, prefix="aiofs-bench-quota-")
     print(f"{NAME}: scratch data in {base}", flush=True)
     try:
-        if not args.overview_only:
+        if set(args.rows) - {"overview"}:
             _run_rows(report, base, args, large_size, file_size)
-        _overview_rows(report, base, args, file_size)
+        if "overview" in args.rows:
+            _overview_rows(report, base, args, file_size)
     finally:
         remove_tree(base)
         sync()
@@ -251,17 +257,18 @@ def _run_rows(report: Report, base: str, args, large_size: int, file_size: int) 
                 durable_books(key)
         return step
 
-    report.add(Row(
-        f"large sequential write ({args.large_files} files of {args.size_mib} MiB, 1 MiB "
-        f"writes, interleaved)",
-        measure_interleaved({k: large_step(k) for k in KEYS}, args.large_files, 1, large_setup),
-        nbytes=large_size,
-        note="fs.open('wb') + write(1 MiB)...; contenders taking turns file by file; seconds "
-             "of the best file",
-    ))
-    for key in KEYS:
-        assert os.path.getsize(f"{base}/store/large-{key}.bin") == large_size
-    large_setup(None)
+    if "large" in args.rows:
+        report.add(Row(
+            f"large sequential write ({args.large_files} files of {args.size_mib} MiB, 1 MiB "
+            f"writes, interleaved)",
+            measure_interleaved({k: large_step(k) for k in KEYS}, args.large_files, 1, large_setup),
+            nbytes=large_size,
+            note="fs.open('wb') + write(1 MiB)...; contenders taking turns file by file; seconds "
+                 "of the best file",
+        ))
+        for key in KEYS:
+            assert os.path.getsize(f"{base}/store/large-{key}.bin") == large_size
+        large_setup(None)
 
     # -- bulk pipes ----------------------------------------------------------------------------
     books = {key: (lambda key=key: durable_books(key)) for key in QUOTA_KEYS}
@@ -275,21 +282,22 @@ def _run_rows(report: Report, base: str, args, large_size: int, file_size: int) 
             fs.pipe({f"{directory}/p{i:03d}-{n}": data for n, data in bulk_files.items()})
         return step
 
-    bulk_block = min(args.bulk_block, args.bulk_pipes)
-    report.add(Row(
-        f"small-file write ({args.bulk_pipes} bulk pipes of {args.bulk_files:,} x "
-        f"{args.file_kib} KiB files, interleaved, blocks of {bulk_block})",
-        measure_interleaved({k: bulk_step(k) for k in KEYS}, args.bulk_pipes, bulk_block,
-                            fresh_directories, books),
-        nbytes=bulk_block * args.bulk_files * file_size, ops=bulk_block * args.bulk_files,
-        ops_unit="files",
-        note="fs.pipe({path: data, ...}) (LocalBackend: one syncfs per pipe); contenders "
-             "taking turns pipe by pipe; the quota records and fsyncs its books per block; "
-             "seconds of the best block",
-    ))
-    for key in KEYS:
-        written = sorted(os.listdir(f"{base}/store{directories[key]}"))
-        assert len(written) == bulk_block * args.bulk_files, f"{key} wrote {len(written)} files"
+    if "bulk" in args.rows:
+        bulk_block = min(args.bulk_block, args.bulk_pipes)
+        report.add(Row(
+            f"small-file write ({args.bulk_pipes} bulk pipes of {args.bulk_files:,} x "
+            f"{args.file_kib} KiB files, interleaved, blocks of {bulk_block})",
+            measure_interleaved({k: bulk_step(k) for k in KEYS}, args.bulk_pipes, bulk_block,
+                                fresh_directories, books),
+            nbytes=bulk_block * args.bulk_files * file_size, ops=bulk_block * args.bulk_files,
+            ops_unit="files",
+            note="fs.pipe({path: data, ...}) (LocalBackend: one syncfs per pipe); contenders "
+                 "taking turns pipe by pipe; the quota records and fsyncs its books per block; "
+                 "seconds of the best block",
+        ))
+        for key in KEYS:
+            written = sorted(os.listdir(f"{base}/store{directories[key]}"))
+            assert len(written) == bulk_block * args.bulk_files, f"{key} wrote {len(written)} files"
 
     # -- one file at a time ------------------------------------------------------------------
     def per_file(write):
@@ -307,10 +315,12 @@ def _run_rows(report: Report, base: str, args, large_size: int, file_size: int) 
     block = min(args.round_files, args.files)
     blocks = -(-args.files // block)
     last_block = names[(blocks - 1) * block:]
-    for write, label, note in (
-        (pipe_file, "one pipe_file per file", "fs.pipe_file(path, data)"),
-        (open_write, "open('wb') per file", "with fs.open(path, 'wb') as f: f.write(data)"),
+    for row, write, label, note in (
+        ("pipe_file", pipe_file, "one pipe_file per file", "fs.pipe_file(path, data)"),
+        ("open", open_write, "open('wb') per file", "with fs.open(path, 'wb') as f: f.write(data)"),
     ):
+        if row not in args.rows:
+            continue
         report.add(Row(
             f"small-file write ({args.files:,} x {args.file_kib} KiB, {label}, "
             f"interleaved, blocks of {block:,})",
