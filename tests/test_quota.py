@@ -93,7 +93,12 @@ class TestQuotaOverMemoryConformance(MemoryCleanup, ConformanceSuite):
         return quota_over_memory(tmp_path)
 
 
-def test_quota_over_local_stateful_model(tmp_path):
+@pytest.mark.parametrize("bulk_from", [None, 2], ids=["default", "every-pipe-bulk"])
+def test_quota_over_local_stateful_model(tmp_path, monkeypatch, bulk_from):
+    # every-pipe-bulk: each pipe of the model takes the bulk path (on the lease, far from
+    # the limit), which the default threshold of 64 files keeps out of the model's reach
+    if bulk_from is not None:
+        monkeypatch.setattr("aiofs.layers.quota.BATCH_MIN_FILES", bulk_from)
     q = quota_over_local(tmp_path)
     counter = itertools.count()
 
@@ -102,7 +107,8 @@ def test_quota_over_local_stateful_model(tmp_path):
         assert q.usage()["used"] == sum(stored_sizes(q).values())
         return q, f"run{next(counter)}"
 
-    assert run_stateful(factory, max_examples=500) >= 500
+    examples = 500 if bulk_from is None else 200
+    assert run_stateful(factory, max_examples=examples) >= examples
     assert_consistent(q)
 
 
@@ -197,7 +203,12 @@ class LimitModel(RuleBasedStateMachine):
         assert usage["reserved"] == 0
 
 
-def test_limit_model(tmp_path):
+@pytest.mark.parametrize("bulk_from", [None, 2], ids=["default", "every-pipe-bulk"])
+def test_limit_model(tmp_path, monkeypatch, bulk_from):
+    # every-pipe-bulk: each pipe of the model is checked and recorded as a big batch
+    # (with max_files set, never on the lease)
+    if bulk_from is not None:
+        monkeypatch.setattr("aiofs.layers.quota.BATCH_MIN_FILES", bulk_from)
     LimitModel.tmp = tmp_path
     LimitModel.counter = itertools.count()
     run_state_machine_as_test(LimitModel, settings=settings(
@@ -577,9 +588,9 @@ def test_a_bulk_pipe_is_recorded_before_it_lands_with_a_marker(tmp_path, monkeyp
     """A big batch is recorded before the target writes it (the books count the files a
     moment early, never late) with a ``*batch*`` marker that stays until the target is done,
     so a process that dies in between is recounted; a target that fails has its paths
-    re-read."""
-    q = quota_over_local(tmp_path)
-    other = quota_over_local(tmp_path)  # another process's view
+    re-read. (Near the limit, where the lease cannot cover a batch.)"""
+    q = quota_over_local(tmp_path, max_bytes=1_000_000)
+    other = quota_over_local(tmp_path, max_bytes=1_000_000)  # another process's view
     conn = sqlite3.connect(q.db_path)
     target_pipe = q.fs.pipe
     seen = []
@@ -624,6 +635,57 @@ def test_a_bulk_pipe_is_recorded_before_it_lands_with_a_marker(tmp_path, monkeyp
     assert q.usage()["used"] == 300_000  # counted, though never stored: the safe direction
     reopened = quota_over_local(tmp_path)  # the dead process's marker: recount
     assert reopened.usage()["used"] == 200_000 and reopened.usage()["reserved"] == 0
+    assert_consistent(reopened)
+
+
+def test_a_bulk_pipe_far_from_the_limit_draws_on_the_lease(tmp_path, monkeypatch):
+    """Far from the limit a bulk pipe takes its bytes from the process's lease (reserved
+    space another process sees before the bytes land) and costs no transaction of its own;
+    its rows are recorded with the lease's files; a failed target write re-reads the
+    batch's paths, and a process killed before recording is recounted at the next open."""
+    q = quota_over_local(tmp_path)
+    other = quota_over_local(tmp_path)  # another process's view
+    target_pipe = q.fs.pipe
+    seen = []
+
+    def pipe_and_look(path, value=None, **kwargs):
+        usage = other.usage()
+        seen.append((usage["used"], usage["reserved"] >= 100_000))
+        return target_pipe(path, value, **kwargs)
+
+    monkeypatch.setattr(q.fs, "pipe", pipe_and_look)
+    q.pipe({f"/warm/{i}": b"w" for i in range(64)})  # takes the lease
+    transactions = []
+    original_tx = type(q._connections).tx
+    monkeypatch.setattr(type(q._connections), "tx",
+                        lambda self: (transactions.append(1), original_tx(self))[1])
+    q.pipe({f"/bulk/{i}": b"b" * 1000 for i in range(100)})
+    assert transactions == []  # none of its own
+    assert seen[-1] == (0, True)  # not recorded yet, but reserved before it landed
+    q.flush()
+    assert other.usage()["used"] == 100_064 and other.usage()["reserved"] == 0
+    assert_consistent(q)
+
+    def land_half_then_fail(path, value=None, **kwargs):
+        target_pipe(dict(list(path.items())[:50]))
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(q.fs, "pipe", land_half_then_fail)
+    with pytest.raises(OSError):
+        q.pipe({f"/failed/{i}": b"f" * 1000 for i in range(100)})
+    assert q.usage()["used"] == 150_064 and q.usage()["reserved"] == 0
+    assert_consistent(q)
+
+    script = textwrap.dedent("""
+        import os, pickle, sys
+        q = pickle.loads(sys.stdin.buffer.read())
+        q.pipe({f"/landed/{i}": b"x" * 1000 for i in range(100)})
+        os._exit(0)  # killed before the rows were recorded
+    """)
+    monkeypatch.undo()
+    subprocess.run([sys.executable, "-c", script], input=pickle.dumps(q), check=True, timeout=60)
+    reopened = quota_over_local(tmp_path)  # the dead process's lease: recount
+    assert reopened.usage()["used"] == 250_064 and reopened.usage()["reserved"] == 0
     assert_consistent(reopened)
 
 

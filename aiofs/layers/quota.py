@@ -21,9 +21,10 @@
   on a per-process **lease** (a reservation of at most 64 MiB and 1/16 of the free space)
   and are recorded in batches (:meth:`Quota.flush`, also at exit), so they cost no
   transaction each; the lease is reserved space, so the limit holds across processes. A
-  bulk ``pipe`` of 64 files or more is checked and recorded in one transaction before its
-  bytes go down, with a marker row that makes a process dying in between recount at the
-  next open. Reservations carry the writer's pid, host and a
+  bulk ``pipe`` of 64 files or more draws on the lease too when it fits (its rows wait
+  with the lease's files); otherwise it is checked and recorded in one transaction before
+  its bytes go down, with a marker row that makes a process dying in between recount at
+  the next open. Reservations carry the writer's pid, host and a
   timestamp: those of a dead process, or older than ``reservation_ttl`` seconds, expire.
   Overwrites credit the old size of the file; deletes and renames give space back.
 * **Persistence and reconciliation.** Usage lives in a SQLite database (WAL) in
@@ -262,6 +263,7 @@ _UNCLEAN = re.compile(r"//|/\.\.?(?:/|$)|/$|\\|\x00|:")
 # inside SQLite (one call, not one per row; executemany also takes the GIL back per row).
 _OLD_ROWS = "SELECT f.path, f.size FROM json_each(?) AS j JOIN files AS f ON f.path = j.key"
 _PUT_ROWS = "INSERT OR REPLACE INTO files (path, size) SELECT key, value FROM json_each(?)"
+_ANY_ROW_BETWEEN = "SELECT 1 FROM files WHERE path BETWEEN ? AND ? LIMIT 1"
 
 
 class Quota(Layer):
@@ -543,6 +545,10 @@ class Quota(Layer):
             (key,) = keys
             row = conn.execute("SELECT size FROM files WHERE path = ?", (key,)).fetchone()
             return {} if row is None else {key: row[0]}
+        # Every key lies between the least and the greatest: with no row in that range (new
+        # files, the common case) one probe answers for the whole batch, not one per key.
+        if conn.execute(_ANY_ROW_BETWEEN, (min(keys), max(keys))).fetchone() is None:
+            return {}
         if rows is None:
             rows = json.dumps(dict.fromkeys(keys, 0), ensure_ascii=False)
         return dict(conn.execute(_OLD_ROWS, (rows,)))
@@ -758,6 +764,41 @@ class Quota(Layer):
             self._resync(list(path))  # a bulk write may have landed in part
             raise
         self._landed.append(marker)
+        return result
+
+    def _take_from_lease(self, items: dict[str, int]) -> bool:
+        """A bulk write's bytes drawn from this process's lease (``False``: the lease cannot
+        cover them, or ``max_files`` needs every file counted at once); its rows wait with
+        the lease's other files. Raises ``FILE_TOO_LARGE`` before anything is taken."""
+        if self.max_file_size is not None and max(items.values()) > self.max_file_size:
+            for key, size in items.items():
+                self._check_file_size(key, size)
+        total = sum(items.values())
+        if self.max_files is not None or total > LEASE_MAX:
+            return False
+        with self._lease_lock:
+            if total > self._lease_left and not self._lease_tx(total):
+                return False
+            self._lease_left -= total
+            self._pending.update(items)
+        return True
+
+    def _pipe_on_lease(self, path: dict, **kwargs):
+        """A bulk pipe whose bytes the lease covers: no transaction of its own. Its rows are
+        recorded with the lease's other files: at :meth:`flush` (or exit), or here once
+        ``LEASE_FLUSH_FILES * 16`` files or ``LEASE_FLUSH_SECONDS`` are pending, in this thread
+        (a recording thread would compete with the writer for the interpreter). A process
+        that dies first leaves its lease row (a dead pid), so the next open recounts. A
+        failed target write re-reads the batch's paths."""
+        try:
+            result = self.fs.pipe(path, **kwargs)
+        except BaseException:
+            self._resync(list(path))  # records what is pending, then what really landed
+            raise
+        if (len(self._pending) >= LEASE_FLUSH_FILES * 16
+                or time.monotonic() - self._pending_since > LEASE_FLUSH_SECONDS):
+            with self._lease_lock:
+                self._lease_tx(0)  # record what is pending; keep a lease
         return result
 
     def _charge(self, items: dict[str, int]):
@@ -999,6 +1040,8 @@ class Quota(Layer):
                         continue
                 items[self._key(p)] = len(v)
         if len(items) >= BATCH_MIN_FILES:
+            if self._take_from_lease(items):
+                return self._pipe_on_lease(path, **kwargs)
             return self._pipe_big(path, items, **kwargs)
         olds = self._charge(items)
         try:
