@@ -638,6 +638,28 @@ def test_a_bulk_pipe_is_recorded_before_it_lands_with_a_marker(tmp_path, monkeyp
     assert_consistent(reopened)
 
 
+def test_record_makes_the_lease_files_visible_and_keeps_the_lease(tmp_path, monkeypatch):
+    q = quota_over_local(tmp_path)
+    other = quota_over_local(tmp_path)  # another process's view
+    for i in range(10):
+        q.pipe_file(f"/small/{i}", b"s" * 100)
+    q.pipe({f"/bulk/{i}": b"b" * 100 for i in range(100)})
+    assert other.usage()["used"] == 0 and other.usage()["reserved"] > 0
+    q.record()
+    seen = other.usage()
+    assert seen["used"] == 11_000 and seen["files"] == 110 and seen["reserved"] > 0  # kept
+    transactions = []
+    original_tx = type(q._connections).tx
+    monkeypatch.setattr(type(q._connections), "tx",
+                        lambda self: (transactions.append(1), original_tx(self))[1])
+    q.pipe_file("/small/after", b"a")  # still on the lease: no transaction
+    assert transactions == []
+    monkeypatch.undo()
+    q.flush()  # records the rest and gives the lease back
+    assert other.usage()["used"] == 11_001 and other.usage()["reserved"] == 0
+    assert_consistent(q)
+
+
 def test_a_bulk_pipe_far_from_the_limit_draws_on_the_lease(tmp_path, monkeypatch):
     """Far from the limit a bulk pipe takes its bytes from the process's lease (reserved
     space another process sees before the bytes land) and costs no transaction of its own;

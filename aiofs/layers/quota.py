@@ -734,6 +734,15 @@ class Quota(Layer):
 
     _release_lease = flush
 
+    def record(self) -> None:
+        """Record the files this process wrote on its lease but keep the lease (sized
+        afresh), so other processes see exact usage while this one goes on writing on the
+        fast path; :meth:`flush` also gives the lease back."""
+        with self._lease_lock:
+            self._join_background()
+            if self._pending or self._landed:
+                self._lease_tx(0 if self._lease_id is not None else None)
+
     def _settle_lease(self) -> None:
         """Before a write that records its own rows: record the lease's pending files first
         (a pending older size must not land over the newer one) and give the lease back."""
@@ -797,8 +806,7 @@ class Quota(Layer):
             raise
         if (len(self._pending) >= LEASE_FLUSH_FILES * 16
                 or time.monotonic() - self._pending_since > LEASE_FLUSH_SECONDS):
-            with self._lease_lock:
-                self._lease_tx(0)  # record what is pending; keep a lease
+            self.record()
         return result
 
     def _charge(self, items: dict[str, int]):
