@@ -607,8 +607,8 @@ class Quota(Layer):
         self._lease_left = 0
         self._pending: dict[str, int] = {}
         self._pending_since = 0.0
-        # at most one thread recording rows (pending files of the lease, or a bulk pipe);
-        # the lease's files it failed to record come back through ``_unrecorded``
+        # at most one thread recording the pending files of the lease; those it failed to
+        # record come back through ``_unrecorded``
         self._background: threading.Thread | None = None
         self._unrecorded: dict[str, int] | None = None
         # ids of the *batch* markers of bulk pipes that have landed, for the next transaction
