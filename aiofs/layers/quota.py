@@ -1034,7 +1034,10 @@ class Quota(Layer):
         if token is None:
             token = self._charge_one(key, size)
         try:
-            result = self.fs.pipe_file(path, value, mode=mode, **kwargs)
+            if kwargs or mode != "overwrite":
+                result = self.fs.pipe_file(path, value, mode=mode, **kwargs)
+            else:  # the common call, without building keyword arguments
+                result = self.fs.pipe_file(path, value)
         except BaseException:
             self._refund(token)
             raise
@@ -1450,7 +1453,14 @@ class SmallFileWriter(WriteOnlyFile):
             return
         self._closed = True
         data, self._buffer = self._buffer, None
-        self.quota.pipe_file(self.path, bytes(data))  # charged, written, refunded on error
+        q = self.quota
+        token = q._charge_one(self.path, len(data))
+        try:
+            q.fs.pipe_file(self.path, bytes(data))
+        except BaseException:
+            q._refund(token)
+            raise
+        q._written(token)
 
     def discard(self) -> None:
         """Abandon the write: nothing is stored or charged."""
