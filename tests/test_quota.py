@@ -584,6 +584,27 @@ def test_lease_files_are_recorded_in_the_background_and_a_failed_recording_is_re
     assert_consistent(q)
 
 
+def count_transactions(monkeypatch, q: Quota) -> list:
+    """A list that gets an item for each write transaction ``q`` opens from now on."""
+    transactions = []
+    original_tx = type(q._connections).tx
+    monkeypatch.setattr(type(q._connections), "tx",
+                        lambda self: (transactions.append(1), original_tx(self))[1])
+    return transactions
+
+
+def fail_a_bulk_pipe_half_landed(monkeypatch, q: Quota, target_pipe) -> None:
+    """Pipe 100 files of 1,000 bytes under ``/failed`` through ``q`` while its target lands
+    the first 50 and then fails."""
+    def land_half_then_fail(path, value=None, **kwargs):
+        target_pipe(dict(list(path.items())[:50]))
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(q.fs, "pipe", land_half_then_fail)
+    with pytest.raises(OSError):
+        q.pipe({f"/failed/{i}": b"f" * 1000 for i in range(100)})
+
+
 def test_a_bulk_pipe_is_recorded_before_it_lands_with_a_marker(tmp_path, monkeypatch):
     """A big batch is recorded before the target writes it (the books count the files a
     moment early, never late) with a ``*batch*`` marker that stays until the target is done,
@@ -612,13 +633,7 @@ def test_a_bulk_pipe_is_recorded_before_it_lands_with_a_marker(tmp_path, monkeyp
     assert conn.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0
     assert_consistent(q)
 
-    def land_half_then_fail(path, value=None, **kwargs):
-        target_pipe(dict(list(path.items())[:50]))
-        raise OSError("disk full (injected)")
-
-    monkeypatch.setattr(q.fs, "pipe", land_half_then_fail)
-    with pytest.raises(OSError):
-        q.pipe({f"/failed/{i}": b"f" * 1000 for i in range(100)})
+    fail_a_bulk_pipe_half_landed(monkeypatch, q, target_pipe)
     assert q.usage()["used"] == 200_000 and q.usage()["reserved"] == 0
     assert_consistent(q)
 
@@ -648,10 +663,7 @@ def test_record_makes_the_lease_files_visible_and_keeps_the_lease(tmp_path, monk
     q.record()
     seen = other.usage()
     assert seen["used"] == 11_000 and seen["files"] == 110 and seen["reserved"] > 0  # kept
-    transactions = []
-    original_tx = type(q._connections).tx
-    monkeypatch.setattr(type(q._connections), "tx",
-                        lambda self: (transactions.append(1), original_tx(self))[1])
+    transactions = count_transactions(monkeypatch, q)
     q.pipe_file("/small/after", b"a")  # still on the lease: no transaction
     assert transactions == []
     monkeypatch.undo()
@@ -677,10 +689,7 @@ def test_a_bulk_pipe_far_from_the_limit_draws_on_the_lease(tmp_path, monkeypatch
 
     monkeypatch.setattr(q.fs, "pipe", pipe_and_look)
     q.pipe({f"/warm/{i}": b"w" for i in range(64)})  # takes the lease
-    transactions = []
-    original_tx = type(q._connections).tx
-    monkeypatch.setattr(type(q._connections), "tx",
-                        lambda self: (transactions.append(1), original_tx(self))[1])
+    transactions = count_transactions(monkeypatch, q)
     q.pipe({f"/bulk/{i}": b"b" * 1000 for i in range(100)})
     assert transactions == []  # none of its own
     assert seen[-1] == (0, True)  # not recorded yet, but reserved before it landed
@@ -688,13 +697,7 @@ def test_a_bulk_pipe_far_from_the_limit_draws_on_the_lease(tmp_path, monkeypatch
     assert other.usage()["used"] == 100_064 and other.usage()["reserved"] == 0
     assert_consistent(q)
 
-    def land_half_then_fail(path, value=None, **kwargs):
-        target_pipe(dict(list(path.items())[:50]))
-        raise OSError("disk full (injected)")
-
-    monkeypatch.setattr(q.fs, "pipe", land_half_then_fail)
-    with pytest.raises(OSError):
-        q.pipe({f"/failed/{i}": b"f" * 1000 for i in range(100)})
+    fail_a_bulk_pipe_half_landed(monkeypatch, q, target_pipe)
     assert q.usage()["used"] == 150_064 and q.usage()["reserved"] == 0
     assert_consistent(q)
 
