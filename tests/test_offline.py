@@ -541,7 +541,10 @@ def test_text_writes_are_all_or_nothing(tmp_path):
 
 
 def test_pinned_folders_stay_available_offline(tmp_path):
-    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, revalidate_after=0.0)
+    # no background syncer: its idle maintenance also refreshes pins, and when it ran between
+    # the remote write and refresh_pins() it fetched new.txt first (a CI failure)
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, revalidate_after=0.0,
+                                  syncer=False)
     disk.pipe({"/keep/a.txt": b"a", "/keep/sub/b.txt": b"b", "/other.txt": b"o"})
     assert fs.pin("/keep") == 2
     disk.pipe_file("/keep/new.txt", b"new")  # appears on the remote later
@@ -555,6 +558,24 @@ def test_pinned_folders_stay_available_offline(tmp_path):
         fs.cat_file("/other.txt")
     fs.unpin("/keep")
     assert fs.pins() == []
+    fs.close()
+
+
+def test_the_syncer_fetches_what_pinned_folders_gained_when_idle(tmp_path):
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, revalidate_after=0.0,
+                                  syncer=False)
+    disk.pipe({"/keep/a.txt": b"a"})
+    fs.pin("/keep")
+    fs.close()
+    disk.pipe_file("/keep/new.txt", b"new")
+    fs, flaky, disk = flaky_stack(tmp_path, failure_rate=0.0, revalidate_after=0.0)
+    deadline = time.monotonic() + 10
+    while fs.status("/keep/new.txt")["file"]["state"] != "cached":
+        assert time.monotonic() < deadline, "the syncer did not refresh the pinned folder"
+        time.sleep(0.02)
+    flaky.unplug()
+    assert not fs.probe()
+    assert fs.cat_file("/keep/new.txt") == b"new"
     fs.close()
 
 
