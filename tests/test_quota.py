@@ -307,26 +307,46 @@ def test_a_long_stream_reserves_in_a_few_chunks(tmp_path, monkeypatch):
 def test_a_stream_reserves_once_far_from_the_limit_and_in_small_chunks_near_it(
         tmp_path, monkeypatch):
     # far from the limit one reservation covers a file of any common size (a transaction
-    # saved per doubling); near it the first chunk stays a sixteenth of the free space
+    # saved per doubling); near it no chunk reaches further ahead than a sixteenth of the
+    # free space (4 MiB of 64 MiB: the 20 MiB file grows 4 -> 8 -> 12 -> 16 -> 20 MiB)
     import aiofs.layers.quota as quota_module
 
     grows = []
     original = quota_module.QuotaWriter._grow
     monkeypatch.setattr(quota_module.QuotaWriter, "_grow",
                         lambda self, need: (grows.append(need), original(self, need))[1])
-    for max_bytes, expected in (("5GB", 1), (64 << 20, 4)):
+    for max_bytes, expected in (("5GB", 1), (64 << 20, 5)):
         grows.clear()
         q = quota_over_local(tmp_path / str(max_bytes), max_bytes=max_bytes, max_file_size="1GB")
-        first_reserved = None
+        first_reserved, furthest_ahead = None, 0
         with q.open("video.bin", "wb") as f:
-            for _ in range(20):
+            for n in range(1, 21):
                 f.write(b"v" * (1 << 20))
                 first_reserved = first_reserved or q.usage()["reserved"]
+                furthest_ahead = max(furthest_ahead, q.usage()["reserved"] - (n << 20))
         assert len(grows) == expected, (max_bytes, grows)
         assert first_reserved == min(quota_module.MAX_RESERVATION,
                                      max(quota_module.MIN_RESERVATION, q.max_bytes // 16))
+        if max_bytes == 64 << 20:
+            assert furthest_ahead <= q.max_bytes // 16
         assert q.usage()["used"] == 20 << 20 and q.usage()["reserved"] == 0
         assert_consistent(q)
+
+
+def test_an_open_stream_near_the_limit_does_not_refuse_another_writers_file(tmp_path):
+    # the stream holds only a sixteenth of the free space ahead of its bytes, so another
+    # process may fill the rest (a fixed 4 MiB chunk refused it at 20 % use of 5 MB)
+    q = quota_over_local(tmp_path, max_bytes=5_000_000, max_file_size=None)
+    other = pickle.loads(pickle.dumps(q))  # as another process opens the same quota
+    with q.open("stream.bin", "wb") as f:
+        f.write(b"s" * 400_000)  # past the in-memory buffer: reserved ahead
+        assert q.usage()["reserved"] - 400_000 <= 5_000_000 // 16
+        other.pipe_file("photo.png", b"p" * 4_000_000)
+        f.write(b"s" * 100_000)
+        with pytest.raises(StorageQuotaExceeded):
+            other.pipe_file("one-too-many.png", b"p" * 500_000)
+    assert q.usage()["used"] == 4_500_000 and q.usage()["reserved"] == 0
+    assert_consistent(q)
 
 
 def test_small_open_writes_go_down_at_close_with_nothing_left_on_error(tmp_path):
@@ -444,6 +464,7 @@ def test_max_files(tmp_path):
 
 def _race_worker(q_bytes, worker, barrier, results):
     q = pickle.loads(q_bytes)
+    q.usage()  # the database opened before the start, so neither starts behind
     barrier.wait()
     stored = 0
     for i in range(200):
@@ -483,8 +504,9 @@ def test_a_forked_child_starts_without_the_parents_lease(tmp_path):
     assert_consistent(q)
 
 
-@pytest.mark.parametrize("limit", [5_000_000, 40_000_000])  # the larger one uses leases first
-def test_two_processes_racing_never_exceed_the_quota(tmp_path, limit):
+def _race(tmp_path, limit: int) -> dict[int, int]:
+    """Two forked processes fill one quota at once; returns ``{worker: files stored}``
+    after checking the limit held and the quota was really filled."""
     q = quota_over_local(tmp_path, max_bytes=limit, max_file_size=None)
     ctx = multiprocessing.get_context("fork")
     barrier, results = ctx.Barrier(2), ctx.Queue()
@@ -496,11 +518,23 @@ def test_two_processes_racing_never_exceed_the_quota(tmp_path, limit):
         p.join(60)
         assert p.exitcode == 0
     stored = dict(results.get(timeout=5) for _ in procs)
-    assert all(count > 0 for count in stored.values()), stored  # both really competed
     sizes = stored_sizes(q)
     assert sum(sizes.values()) <= limit
     assert limit - sum(sizes.values()) < 350_000  # and the quota was really filled
     assert_consistent(q)
+    return stored
+
+
+@pytest.mark.parametrize("limit", [5_000_000, 40_000_000])  # the larger one uses leases first
+def test_two_processes_racing_never_exceed_the_quota(tmp_path, limit):
+    # on a loaded machine one worker can be kept off the CPU (or behind the database lock)
+    # for the 20-40 ms the other needs to fill 5 MB alone: that round held the limit but
+    # was no race, so it is run again; at least one of three rounds must be a real race
+    for round_ in range(3):
+        stored = _race(tmp_path / f"round{round_}", limit)
+        if all(count > 0 for count in stored.values()):
+            break
+    assert all(count > 0 for count in stored.values()), stored  # both really competed
 
 
 def test_crashed_writer_reservation_expires(tmp_path):

@@ -16,7 +16,8 @@
   ``put_file``, ``cp_file``) are checked before a byte is sent.
 * **Reservations.** Space is reserved in SQLite under ``BEGIN IMMEDIATE`` before a write
   proceeds, so two processes writing at once cannot together pass the limit. A stream
-  reserves in growing chunks; a write of known size charges its size in one transaction and
+  reserves in growing chunks (near the limit, at most 1/16 of the free space ahead of its
+  bytes, so it does not crowd out other writers); a write of known size charges its size in one transaction and
   is refunded if the target refuses it. Far from the limit, small writes of known size draw
   on a per-process **lease** (a reservation of at most 64 MiB and 1/16 of the free space)
   and are recorded in batches (:meth:`Quota.flush`, also at exit), so they cost no
@@ -92,6 +93,9 @@ STREAM_BUFFER = 256 << 10
 # most MAX_RESERVATION and 1/LEASE_SHARE of the free space, at least MIN_RESERVATION), then
 # each chunk doubles what is reserved, by at most MAX_RESERVATION at a time: far from the
 # limit most files take one reservation transaction, and a file of any size a handful.
+# Near the limit (less than LEASE_SHARE * MIN_RESERVATION free) no chunk reaches further
+# ahead than 1/LEASE_SHARE of the free space (at least STREAM_BUFFER), so an open stream
+# never refuses another writer's file for space it has not written yet.
 MIN_RESERVATION = 4 << 20
 MAX_RESERVATION = 256 << 20
 # Small writes of known size draw on a per-process lease (a reservation row) instead of a
@@ -1272,10 +1276,16 @@ class QuotaWriter(WriteOnlyFile, io.BufferedIOBase):
         if first:
             q._settle_lease()
         with q._tx() as conn:
+            if not first:  # this stream's own reservation counts as free while it is resized
+                conn.execute("UPDATE reservations SET bytes = 0 WHERE id = ?", (self._reservation,))
+            share = q._share_of_free(conn, MAX_RESERVATION)
             if first:
                 # far from the limit, the first chunk is as large as a lease may be (most
-                # files then take this one reservation); near it, chunks stay small
-                step = max(step, q._share_of_free(conn, MAX_RESERVATION))
+                # files then take this one reservation)
+                step = max(step, share)
+            # near the limit no chunk reaches further ahead of the bytes than a sixteenth of
+            # the free space: a writer's reservation must not refuse another writer's file
+            step = min(step, max(share, STREAM_BUFFER))
             want = max(need, self._reserved + step)
             if q.max_file_size is not None:
                 want = min(want, max(need, q.max_file_size - self.initial))
@@ -1295,7 +1305,6 @@ class QuotaWriter(WriteOnlyFile, io.BufferedIOBase):
                      os.getpid(), _HOST, now, now))
                 self._reservation = cursor.lastrowid
             else:
-                conn.execute("UPDATE reservations SET bytes = 0 WHERE id = ?", (self._reservation,))
                 try:
                     q._check(conn, self.key, want - self._credit, 0)
                 except StorageQuotaExceeded:
