@@ -52,6 +52,14 @@ def stored_sizes(q: Quota) -> dict[str, int]:
     return {k: v["size"] for k, v in found.items() if v["type"] == "file"}
 
 
+def run_in_another_process(q: Quota, body: str) -> None:
+    """Run ``body`` (code that ends the process, usually with ``os._exit``) in a fresh
+    interpreter, with ``q`` (pickled across) and ``os`` in scope: a writer that dies."""
+    script = "import os, pickle, sys\nq = pickle.loads(sys.stdin.buffer.read())\n"
+    subprocess.run([sys.executable, "-c", script + textwrap.dedent(body)],
+                   input=pickle.dumps(q), check=True, timeout=60)
+
+
 def assert_consistent(q: Quota) -> None:
     sizes = stored_sizes(q)
     usage = q.usage()
@@ -539,14 +547,11 @@ def test_two_processes_racing_never_exceed_the_quota(tmp_path, limit):
 
 def test_crashed_writer_reservation_expires(tmp_path):
     q = quota_over_local(tmp_path, max_bytes=8 << 20, max_file_size=None)
-    script = textwrap.dedent("""
-        import os, pickle, sys
-        q = pickle.loads(sys.stdin.buffer.read())
+    run_in_another_process(q, """
         f = q.open("crashed.bin", "wb")
         f.write(b"c" * (6 << 20))   # reserves ~6 MiB
         os._exit(0)                 # dies without closing
     """)
-    subprocess.run([sys.executable, "-c", script], input=pickle.dumps(q), check=True, timeout=60)
     assert q.usage()["reserved"] >= 6 << 20
     q.pipe_file("after.bin", b"a" * (5 << 20))  # fits once the dead writer's reservation goes
     assert q.usage()["reserved"] == 0
@@ -567,14 +572,11 @@ def test_small_writes_use_a_lease_and_a_crash_is_recounted(tmp_path):
     q.flush()
     assert conn.execute("SELECT COUNT(*), SUM(size) FROM files").fetchone() == (10, 10_000)
     assert conn.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0
-    script = textwrap.dedent("""
-        import os, pickle, sys
-        q = pickle.loads(sys.stdin.buffer.read())
+    run_in_another_process(q, """
         for i in range(5):
             q.pipe_file(f"crash/{i}", b"c" * 100)
         os._exit(0)   # dies without recording its lease
     """)
-    subprocess.run([sys.executable, "-c", script], input=pickle.dumps(q), check=True, timeout=60)
     assert q.usage()["used"] == 10_000  # the dead process's files are not recorded yet
     reopened = quota_over_local(tmp_path)  # a dead lease at open: recount
     assert reopened.usage()["used"] == 10_500 and reopened.usage()["reserved"] == 0
@@ -671,16 +673,13 @@ def test_a_bulk_pipe_is_recorded_before_it_lands_with_a_marker(tmp_path, monkeyp
     assert q.usage()["used"] == 200_000 and q.usage()["reserved"] == 0
     assert_consistent(q)
 
-    script = textwrap.dedent("""
-        import os, pickle, sys
-        q = pickle.loads(sys.stdin.buffer.read())
+    monkeypatch.undo()
+    run_in_another_process(q, """
         def die(path, value=None, **kwargs):
             os._exit(0)  # dies after the rows went in, before anything landed
         q.fs.pipe = die
         q.pipe({f"/lost/{i}": b"x" * 1000 for i in range(100)})
     """)
-    monkeypatch.undo()
-    subprocess.run([sys.executable, "-c", script], input=pickle.dumps(q), check=True, timeout=60)
     assert q.usage()["used"] == 300_000  # counted, though never stored: the safe direction
     reopened = quota_over_local(tmp_path)  # the dead process's marker: recount
     assert reopened.usage()["used"] == 200_000 and reopened.usage()["reserved"] == 0
@@ -735,14 +734,11 @@ def test_a_bulk_pipe_far_from_the_limit_draws_on_the_lease(tmp_path, monkeypatch
     assert q.usage()["used"] == 150_064 and q.usage()["reserved"] == 0
     assert_consistent(q)
 
-    script = textwrap.dedent("""
-        import os, pickle, sys
-        q = pickle.loads(sys.stdin.buffer.read())
+    monkeypatch.undo()
+    run_in_another_process(q, """
         q.pipe({f"/landed/{i}": b"x" * 1000 for i in range(100)})
         os._exit(0)  # killed before the rows were recorded
     """)
-    monkeypatch.undo()
-    subprocess.run([sys.executable, "-c", script], input=pickle.dumps(q), check=True, timeout=60)
     reopened = quota_over_local(tmp_path)  # the dead process's lease: recount
     assert reopened.usage()["used"] == 250_064 and reopened.usage()["reserved"] == 0
     assert_consistent(reopened)
