@@ -44,7 +44,8 @@ import time
 
 from benchmarks.harness import (
     KIB, MIB, PAIRED_MEDIAN, Contender, Ratio, Report, Row, drop_caches, emit, environment,
-    measure, fsync_files, measure_interleaved, mixed_blocks, remove_tree, scratch_dir, small_files, sync,
+    fsync_files, measure, measure_interleaved, mixed_blocks, remove_tree, scratch_dir,
+    small_files, sync,
 )
 
 NAME = "quota"

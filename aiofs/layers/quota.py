@@ -17,17 +17,17 @@
 * **Reservations.** Space is reserved in SQLite under ``BEGIN IMMEDIATE`` before a write
   proceeds, so two processes writing at once cannot together pass the limit. A stream
   reserves in growing chunks (near the limit, at most 1/16 of the free space ahead of its
-  bytes, so it does not crowd out other writers); a write of known size charges its size in one transaction and
-  is refunded if the target refuses it. Far from the limit, small writes of known size draw
-  on a per-process **lease** (a reservation of at most 64 MiB and 1/16 of the free space)
-  and are recorded in batches (:meth:`Quota.flush`, also at exit), so they cost no
-  transaction each; the lease is reserved space, so the limit holds across processes. A
-  bulk ``pipe`` of 64 files or more draws on the lease too when it fits (its rows wait
-  with the lease's files); otherwise it is checked and recorded in one transaction before
-  its bytes go down, with a marker row that makes a process dying in between recount at
-  the next open. Reservations carry the writer's pid, host and a
-  timestamp: those of a dead process, or older than ``reservation_ttl`` seconds, expire.
-  Overwrites credit the old size of the file; deletes and renames give space back.
+  bytes, so it does not crowd out other writers); a write of known size charges its size in
+  one transaction and is refunded if the target refuses it. Far from the limit, small writes
+  of known size draw on a per-process **lease** (a reservation of at most 64 MiB and 1/16 of
+  the free space) and are recorded in batches (:meth:`Quota.flush`, also at exit), so they
+  cost no transaction each; the lease is reserved space, so the limit holds across
+  processes. A bulk ``pipe`` of 64 files or more draws on the lease too when it fits (its
+  rows wait with the lease's files); otherwise it is checked and recorded in one transaction
+  before its bytes go down, with a marker row that makes a process dying in between recount
+  at the next open. Reservations carry the writer's pid, host and a timestamp: those of a
+  dead process, or older than ``reservation_ttl`` seconds, expire. Overwrites credit the old
+  size of the file; deletes and renames give space back.
 * **Persistence and reconciliation.** Usage lives in a SQLite database (WAL) in
   ``state_dir`` (default: the user state dir, one file per target ``fsid``) or at
   ``db_path``. At open, a missing or stale database (``recount_after`` seconds since the
